@@ -1,0 +1,37 @@
+# The two quickstart commands: `make demo` and `make test`.
+# Both create (or reuse) .venv and install fornalha into it. torch is pinned to 2.13.0 here,
+# the CPU wheel this machine carries; the package metadata itself accepts torch>=2.4.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.fornalha-installed
+
+.PHONY: install demo test lint format bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[hf,lang,dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# The whole pipeline on the built-in offline corpus: prepare -> tokenizer -> shards -> train -> eval -> samples.
+demo: install
+	$(VENV)/bin/fornalha pipeline --preset tiny --out runs/demo
+
+lint: install
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+
+# Lint, then the whole test suite.
+test: lint
+	$(VENV)/bin/python -m pytest -n 2 --dist loadgroup -q
+
+format: install
+	$(VENV)/bin/ruff format src tests benchmarks
+	$(VENV)/bin/ruff check --fix src tests benchmarks
+
+clean:
+	rm -rf runs .pytest_cache .ruff_cache

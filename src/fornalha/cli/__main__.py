@@ -1,0 +1,3 @@
+from fornalha.cli import main
+
+main()

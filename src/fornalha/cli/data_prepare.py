@@ -1,0 +1,7 @@
+"""CLI commands: data_prepare (filled in by that stage's work)."""
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Add this stage's commands to the given app."""

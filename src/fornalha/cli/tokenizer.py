@@ -1,0 +1,7 @@
+"""CLI commands of the tokenizer stage (filled in by that stage's work)."""
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Add this stage's commands to the main app."""
