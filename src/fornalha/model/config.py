@@ -50,8 +50,14 @@ class ModelConfig:
                 raise ConfigError(f"model config: {msg}")
 
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
-            need(int(getattr(self, name)) > 0, f"{name} must be a positive integer, got {getattr(self, name)!r}")
-        need(self.n_embd % self.n_head == 0, f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+            need(
+                int(getattr(self, name)) > 0,
+                f"{name} must be a positive integer, got {getattr(self, name)!r}",
+            )
+        need(
+            self.n_embd % self.n_head == 0,
+            f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})",
+        )
         need(self.head_dim % 2 == 0, f"head_dim = n_embd / n_head = {self.head_dim} must be even for rotary")
         assert self.n_kv_head is not None
         need(

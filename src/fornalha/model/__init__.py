@@ -1,0 +1,6 @@
+"""The Transformer: `ModelConfig`, `GPT` and its `KVCache`."""
+
+from fornalha.model.config import ModelConfig
+from fornalha.model.gpt import GPT, KVCache
+
+__all__ = ["GPT", "KVCache", "ModelConfig"]
