@@ -1,0 +1,119 @@
+"""Tokenizers: byte-level BPE (the default) and character-level, with reserved chat tokens.
+
+    from fornalha.tokenizer import train_bpe, load_tokenizer
+    tok = train_bpe(texts, vocab_size=4096)      # rustbpe trains, tiktoken encodes
+    tok.save("tok/")                             # tokenizer.json (Hugging Face) + configs
+    tok = load_tokenizer("tok/")                 # or a run folder holding tokenizer/
+    ids = tok.encode("Olá, mundo!")
+
+Every tokenizer follows the `Tokenizer` protocol below and reserves the special tokens of
+`chat.py` at ids 0..6. See `bpe.py` (the fast path), `reference.py` (a readable encoder giving
+the same ids), `char.py` (nanoGPT-style characters), `evaluate.py` (bytes per token).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from fornalha.errors import ConfigError, FornalhaError
+from fornalha.tokenizer.bpe import SPLIT_PATTERN, BPETokenizer, train_bpe
+from fornalha.tokenizer.char import CharTokenizer
+from fornalha.tokenizer.chat import SPECIAL_IDS, SPECIAL_TOKENS
+
+__all__ = [
+    "SPECIAL_IDS",
+    "SPECIAL_TOKENS",
+    "SPLIT_PATTERN",
+    "BPETokenizer",
+    "CharTokenizer",
+    "Tokenizer",
+    "load_tokenizer",
+    "train_bpe",
+    "train_tokenizer",
+]
+
+
+@runtime_checkable
+class Tokenizer(Protocol):
+    """What every stage may rely on (DESIGN.md section 2)."""
+
+    kind: str
+    vocab_size: int
+    bos_id: int
+    eos_id: int
+    special_ids: dict[str, int]
+
+    def encode(self, text: str) -> list[int]: ...
+    def encode_batch(self, texts: Sequence[str], num_threads: int | None = None) -> list[list[int]]: ...
+    def decode(self, ids: Iterable[int]) -> str: ...
+    def decode_bytes(self, ids: Iterable[int]) -> bytes: ...
+    def token_to_id(self, token: str) -> int | None: ...
+    def token_bytes(self) -> np.ndarray: ...
+    def save(self, directory: str | os.PathLike[str]) -> Path: ...
+    def encode_chat(
+        self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True
+    ) -> list[int]: ...
+
+
+def find_tokenizer_dir(path: str | os.PathLike[str]) -> Path:
+    """The tokenizer folder at ``path``, or at ``path/tokenizer`` (a run or shards folder)."""
+    path = Path(path)
+    for candidate in (path, path / "tokenizer"):
+        if (candidate / "fornalha_tokenizer.json").is_file():
+            return candidate
+    if not path.exists():
+        raise FornalhaError(f"tokenizer not found: {path} does not exist")
+    raise FornalhaError(
+        f"{path} is not a tokenizer folder (no fornalha_tokenizer.json in it or in {path / 'tokenizer'}); "
+        "create one with `fornalha tokenizer train`"
+    )
+
+
+def load_tokenizer(path: str | os.PathLike[str]) -> BPETokenizer | CharTokenizer:
+    """Load a saved tokenizer from its folder, or from a run/shards folder containing `tokenizer/`."""
+    directory = find_tokenizer_dir(path)
+    try:
+        meta = json.loads((directory / "fornalha_tokenizer.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise FornalhaError(f"cannot read {directory / 'fornalha_tokenizer.json'}: {exc}") from exc
+    kind = meta.get("kind")
+    if kind == "bpe":
+        return BPETokenizer.load(directory)
+    if kind == "char":
+        return CharTokenizer.load(directory)
+    raise FornalhaError(f"unknown tokenizer kind {kind!r} in {directory / 'fornalha_tokenizer.json'}")
+
+
+def train_tokenizer(
+    dataset_dir: str | os.PathLike[str],
+    vocab_size: int,
+    kind: str = "bpe",
+    max_bytes: int | None = None,
+    split: str = "train",
+) -> BPETokenizer | CharTokenizer:
+    """Train a tokenizer on a prepared dataset folder's ``split`` (see `fornalha data prepare`).
+
+    ``kind="char"`` ignores ``vocab_size`` and reads the train *and* val splits (like nanoGPT,
+    so validation has no unknown characters).
+    """
+    from fornalha.data.shards import iter_texts
+
+    if kind == "bpe":
+        return train_bpe(iter_texts(dataset_dir, split), vocab_size, max_bytes=max_bytes)
+    if kind == "char":
+
+        def both() -> Iterable[str]:
+            yield from iter_texts(dataset_dir, "train")
+            try:
+                yield from iter_texts(dataset_dir, "val")
+            except FornalhaError:
+                return
+
+        return CharTokenizer.train(both(), max_bytes=max_bytes)
+    raise ConfigError(f"unknown tokenizer kind {kind!r}; expected 'bpe' or 'char'")
