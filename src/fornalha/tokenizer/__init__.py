@@ -15,14 +15,15 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Mapping, Sequence
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from fornalha.errors import ConfigError, FornalhaError
-from fornalha.tokenizer.bpe import SPLIT_PATTERN, BPETokenizer, train_bpe
+from fornalha.tokenizer.bpe import SPLIT_PATTERN, BPETokenizer, limit_bytes, train_bpe
 from fornalha.tokenizer.char import CharTokenizer
 from fornalha.tokenizer.chat import SPECIAL_IDS, SPECIAL_TOKENS
 
@@ -96,24 +97,37 @@ def train_tokenizer(
     kind: str = "bpe",
     max_bytes: int | None = None,
     split: str = "train",
+    stats: dict[str, Any] | None = None,
 ) -> BPETokenizer | CharTokenizer:
     """Train a tokenizer on a prepared dataset folder's ``split`` (see `fornalha data prepare`).
 
     ``kind="char"`` ignores ``vocab_size`` and reads the train *and* val splits (like nanoGPT,
-    so validation has no unknown characters).
+    so validation has no unknown characters). If ``stats`` is given it receives the documents
+    and bytes read and the seconds taken.
     """
     from fornalha.data.shards import iter_texts
 
+    if kind not in ("bpe", "char"):
+        raise ConfigError(f"unknown tokenizer kind {kind!r}; expected 'bpe' or 'char'")
+    counts = {"documents": 0, "bytes": 0}
+
+    def counted(texts: Iterable[str]) -> Iterator[str]:
+        for text in limit_bytes(texts, max_bytes):
+            counts["documents"] += 1
+            counts["bytes"] += len(text.encode("utf-8"))
+            yield text
+
+    def train_then_val() -> Iterator[str]:
+        yield from iter_texts(dataset_dir, "train")
+        if (Path(dataset_dir) / "val").is_dir():
+            yield from iter_texts(dataset_dir, "val")
+
+    start = time.perf_counter()
+    tokenizer: BPETokenizer | CharTokenizer
     if kind == "bpe":
-        return train_bpe(iter_texts(dataset_dir, split), vocab_size, max_bytes=max_bytes)
-    if kind == "char":
-
-        def both() -> Iterable[str]:
-            yield from iter_texts(dataset_dir, "train")
-            try:
-                yield from iter_texts(dataset_dir, "val")
-            except FornalhaError:
-                return
-
-        return CharTokenizer.train(both(), max_bytes=max_bytes)
-    raise ConfigError(f"unknown tokenizer kind {kind!r}; expected 'bpe' or 'char'")
+        tokenizer = train_bpe(counted(iter_texts(dataset_dir, split)), vocab_size)
+    else:
+        tokenizer = CharTokenizer.train(counted(train_then_val()))
+    if stats is not None:
+        stats.update(counts, seconds=time.perf_counter() - start, vocab_size=tokenizer.vocab_size)
+    return tokenizer

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from fornalha.errors import ConfigError, FornalhaError
+from fornalha.errors import ConfigError, DataError, FornalhaError
 from fornalha.tokenizer.chat import (
     BOS,
     EOS,
@@ -226,7 +226,7 @@ class BPETokenizer:
         return f"BPETokenizer(vocab_size={self.vocab_size})"
 
 
-def _limit_bytes(texts: Iterable[str], max_bytes: int | None) -> Iterator[str]:
+def limit_bytes(texts: Iterable[str], max_bytes: int | None) -> Iterator[str]:
     """Yield texts until ``max_bytes`` UTF-8 bytes have been seen (the last one is cut)."""
     if max_bytes is None:
         yield from texts
@@ -263,10 +263,17 @@ def train_bpe(
         raise ConfigError(
             f"vocab size must be at least {MIN_VOCAB_SIZE} (7 special + 256 byte tokens), got {vocab_size}"
         )
+    seen = [0]
+
+    def counted() -> Iterator[str]:
+        for text in limit_bytes(texts, max_bytes):
+            seen[0] += 1
+            yield text
+
     trainer = rustbpe.Tokenizer()
-    trainer.train_from_iterator(
-        _limit_bytes(texts, max_bytes), vocab_size - N_SPECIAL, buffer_size=buffer_size, pattern=pattern
-    )
+    trainer.train_from_iterator(counted(), vocab_size - N_SPECIAL, buffer_size=buffer_size, pattern=pattern)
+    if seen[0] == 0:
+        raise DataError("no text to train the tokenizer on (the dataset split is empty)")
     # rustbpe numbers tokens from 0 with bytes first; shift past the specials. A byte string
     # learned twice (possible in principle when two different pairs concatenate to it) keeps
     # its first, lowest rank; ids are then renumbered densely.
