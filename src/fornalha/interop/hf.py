@@ -448,8 +448,8 @@ tags:
 
 # {name}
 
-A small language model trained from scratch with [fornalha](https://github.com/) and exported to
-the Hugging Face `{arch}` architecture (`fornalha export hf`).
+A small language model trained from scratch with fornalha and exported to the Hugging Face
+`{arch}` architecture (`fornalha export hf`).
 
 {table}
 
@@ -486,6 +486,11 @@ vllm serve path/to/{name} --max-model-len {cfg.block_size}
 python convert_hf_to_gguf.py path/to/{name} --outfile {name}.gguf --outtype f16
 llama-cli -m {name}.gguf -p "Once upon a time" -n 50
 ```
+
+The converter identifies BPE pre-tokenizers by a hash of their output on a probe text and stops
+with "BPE pre-tokenizer was not recognized" for a newly trained vocabulary. Register the printed
+`chkhsh` in its `get_vocab_base_pre()` with `res = "llama-bpe"` (the same GPT-4 split pattern,
+except that it groups up to three digits where this tokenizer groups two).
 
 Limits: context of {cfg.block_size} tokens (rotary positions were only trained that far).
 """
