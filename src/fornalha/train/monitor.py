@@ -1,0 +1,228 @@
+"""Watching a run: metrics.jsonl, the loss plot, peak FLOP/s for MFU, and optional TensorBoard / W&B.
+
+Kept out of trainer.py so the training loop reads as the algorithm it is.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fornalha.errors import ConfigError
+
+# --------------------------------------------------------------------------------------------
+# Peak FLOP/s (the denominator of MFU)
+# --------------------------------------------------------------------------------------------
+
+# Dense bf16 tensor-core peaks of common GPUs (no sparsity), FLOP/s.
+GPU_PEAKS = {
+    "H200": 989e12,
+    "H100": 989e12,
+    "A100": 312e12,
+    "L40S": 362e12,
+    "A10": 125e12,
+    "L4": 121e12,
+    "4090": 165e12,
+    "3090": 71e12,
+    "V100": 125e12,
+    "T4": 65e12,
+}
+
+
+def _cache_file() -> Path:
+    root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fornalha"
+    return root / "peak_flops.json"
+
+
+def measure_matmul_flops(
+    device: torch.device, dtype: torch.dtype, n: int = 1024, seconds: float = 0.5
+) -> float:
+    """FLOP/s of a square n×n matmul in `dtype`, best of a few timed bursts."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    best, deadline = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(4):
+            a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = max(best, 4 * 2 * n**3 / (time.perf_counter() - t0))
+    return best
+
+
+def peak_flops(device: torch.device, dtype: torch.dtype) -> float:
+    """The peak FLOP/s MFU is measured against: a datasheet figure for known GPUs, otherwise a
+    matmul measured once on this machine and cached in ~/.cache/fornalha/peak_flops.json."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        for key, flops in GPU_PEAKS.items():
+            if key in name:
+                return flops if dtype == torch.bfloat16 else flops / 2
+    key = f"{device.type}|{platform.processor() or platform.machine()}|{torch.get_num_threads()}|{dtype}"
+    path = _cache_file()
+    try:
+        cache = json.loads(path.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    if key not in cache:
+        cache[key] = measure_matmul_flops(device, dtype)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(cache, indent=2))
+        except OSError:
+            pass
+    return float(cache[key])
+
+
+# --------------------------------------------------------------------------------------------
+# metrics.jsonl
+# --------------------------------------------------------------------------------------------
+
+METRIC_KEYS = (
+    "step",
+    "tokens",
+    "train_loss",
+    "val_loss",
+    "val_bpb",
+    "lr",
+    "grad_norm",
+    "tokens_per_s",
+    "mfu",
+    "elapsed_s",
+)
+
+
+class MetricsLog:
+    """Appends one JSON object per line; every line has all of METRIC_KEYS (null when not measured)."""
+
+    def __init__(self, path: Path, resume_step: int | None = None) -> None:
+        self.path = path
+        if resume_step is not None and path.exists():
+            # a killed run may have logged past its last checkpoint: drop those lines
+            keep = [r for r in read_metrics(path) if r["step"] <= resume_step]
+            path.write_text("".join(json.dumps(r) + "\n" for r in keep))
+        elif resume_step is None and path.exists():
+            path.unlink()
+
+    def write(self, record: dict[str, Any]) -> None:
+        full = {k: record.get(k) for k in METRIC_KEYS} | record
+        with open(self.path, "a") as f:
+            f.write(json.dumps(full) + "\n")
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    rows = []
+    for line in Path(path).read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:  # a line cut short by a crash
+            continue
+    return rows
+
+
+# --------------------------------------------------------------------------------------------
+# The loss plot
+# --------------------------------------------------------------------------------------------
+
+
+def plot_losses(metrics_path: Path, out_png: Path, best_step: int | None = None) -> None:
+    """Train and validation loss against step; the best step marked, overfitting evals shaded."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_metrics(metrics_path)
+    train = [
+        (r["step"], r["train_loss"]) for r in rows if r.get("kind") == "train" and r["train_loss"] is not None
+    ]
+    evals = [r for r in rows if r.get("kind") == "eval" and r.get("val_loss") is not None]
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=110)
+    if train:
+        ax.plot(*zip(*train), label="train", color="tab:blue", alpha=0.8)
+    if evals:
+        ax.plot(
+            [r["step"] for r in evals],
+            [r["val_loss"] for r in evals],
+            "o-",
+            label="validation",
+            color="tab:orange",
+        )
+        prev = None
+        shaded = False
+        for r in evals:
+            if r.get("overfitting") and prev is not None:
+                ax.axvspan(
+                    prev, r["step"], color="tab:red", alpha=0.12, label=None if shaded else "overfitting"
+                )
+                shaded = True
+            prev = r["step"]
+    if best_step is not None:
+        ax.axvline(best_step, color="tab:green", ls="--", label=f"best (step {best_step})")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats/token)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_png.with_suffix(".tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, out_png)
+
+
+# --------------------------------------------------------------------------------------------
+# TensorBoard / Weights & Biases (optional extras, imported only when asked for)
+# --------------------------------------------------------------------------------------------
+
+
+class ExternalLoggers:
+    def __init__(self, backends: list[str], run_dir: Path, config: dict[str, Any], project: str) -> None:
+        self.tb = None
+        self.wandb = None
+        if "tensorboard" in backends:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise ConfigError(
+                    "train.log asks for tensorboard, but it is not installed: pip install 'fornalha[track]' "
+                    "(or pip install tensorboard)"
+                ) from None
+            self.tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+        if "wandb" in backends:
+            try:
+                import wandb
+            except ImportError:
+                raise ConfigError(
+                    "train.log asks for wandb, but it is not installed: pip install 'fornalha[track]' "
+                    "(or pip install wandb)"
+                ) from None
+            self.wandb = wandb.init(project=project, dir=str(run_dir), config=config, name=run_dir.name)
+
+    def log(self, record: dict[str, Any]) -> None:
+        step = record["step"]
+        values = {k: v for k, v in record.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+        values = {k: v for k, v in values.items() if k != "step" and math.isfinite(v)}
+        if self.tb is not None:
+            for k, v in values.items():
+                self.tb.add_scalar(k, v, step)
+        if self.wandb is not None:
+            self.wandb.log(values, step=step)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+        if self.wandb is not None:
+            self.wandb.finish()
