@@ -339,3 +339,43 @@ def test_cli_export_and_import(tmp_path, tokenizer_dir, capsys):
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert "relu2" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen3"])
+def test_import_model_saved_by_transformers(tmp_path, kind):
+    """A checkpoint written by transformers' own save_pretrained (as a downloaded model would be)."""
+    common = {
+        "vocab_size": 300,
+        "hidden_size": 64,
+        "intermediate_size": 160,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 128,
+        "rope_theta": 20000.0,
+        "rms_norm_eps": 1e-5,
+        "tie_word_embeddings": kind == "qwen3",
+    }
+    if kind == "llama":
+        config = transformers.LlamaConfig(**common)
+    else:
+        config = transformers.Qwen3Config(head_dim=16, **common)
+    torch.manual_seed(0)
+    hf = transformers.AutoModelForCausalLM.from_config(config).eval()
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            if "norm" in name:
+                p.add_(0.2 * torch.randn_like(p))
+    hf.save_pretrained(tmp_path / "hf")
+
+    model, meta = load_model(import_hf(tmp_path / "hf", tmp_path / "run"))
+    assert model.config.qk_norm == (kind == "qwen3")
+    assert model.config.rope_theta == 20000.0 and model.config.n_kv_head == 2
+    assert model.config.tie_embeddings == (kind == "qwen3")
+    idx = torch.randint(0, 300, (2, 48), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        diff = (model(idx)[0] - hf(idx).logits).abs().max().item()
+    print(f"import {kind}: max |logits diff| = {diff:.3g}")
+    assert diff <= LOGIT_TOL
+    report = json.loads((tmp_path / "run" / "import.json").read_text())
+    assert report["tokenizer"]["has_tokenizer_json"] is False  # no tokenizer was saved: recorded
