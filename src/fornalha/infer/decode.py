@@ -1,0 +1,161 @@
+"""The decode step: one new token per batch row through the model, reading and extending the KV cache.
+
+`GPT.forward` handles every case (training, prefill, decode, attention maps) and is the reference.
+Decoding is its hottest special case — a few hundred times per request, one token per row — and at
+the sizes this project trains, the time goes into *per-operation overhead*, not arithmetic. So this
+module re-expresses the same math for exactly that case, reusing the model's own weights and
+sub-modules (the tests check it gives the same logits as `GPT.forward`):
+
+* hidden states are [B, C] instead of [B, 1, C]; no per-step rotary/mask tables per layer —
+  cos/sin and the attention mask are computed once per step and shared by all layers;
+* the new key/value of every row is written with one `index_copy_` into a flat view of the cache,
+  at precomputed offsets (row, head, position), instead of advanced indexing;
+* attention only reads the first `kv_len` cache positions (the longest sequence so far) instead of
+  the whole preallocated length; when every row sits at the same position no mask is needed;
+* grouped-query attention needs no `repeat_interleave`: the G query heads that share a key/value
+  head are laid out as G "query rows" of that head ([B, Hkv, G, D]), so one batched matmul serves them;
+* q and k are rotated together (one set of rotary ops per layer), and plain `nn.Linear` / `RMSNorm`
+  modules are called through their functional form (fewer Python frames per op).
+
+For `torch.compile` the same function runs with static shapes: always the full batch of slots and
+the full cache length, with a mask instead of slicing, so one compiled graph (a CUDA graph with
+`mode="reduce-overhead"` on GPU) serves every step.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from functools import partial
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from fornalha.model.gpt import GPT, KVCache, RMSNorm
+
+
+def _fast_call(module: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A cheaper callable with the module's exact math: functional forms for the plain layers,
+    the module itself otherwise (a quantized `Int8Linear`, a LoRA wrapper, …)."""
+    if type(module) is nn.Linear and module.bias is None:
+        return partial(F.linear, weight=module.weight)
+    if type(module) is RMSNorm:
+        return partial(
+            F.rms_norm, normalized_shape=(module.weight.numel(),), weight=module.weight, eps=module.eps
+        )
+    return module
+
+
+def rotate_half(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Llama rotary on x [B, heads, D] with cos/sin [B, 1, D/2] (same math as `apply_rotary`)."""
+    d = x.size(-1) // 2
+    x1, x2 = x[..., :d], x[..., d:]
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+
+
+class Decoder:
+    """Runs `model` one token per row against `cache` (which it reads and writes, but whose `pos`
+    it leaves to the caller: the engine decides which rows advance).
+
+    Call `decoder(tokens, pos, n_rows, kv_len, same_pos)`:
+      tokens [≥n_rows] long — the last token of each row; pos [≥n_rows] long — where it goes;
+      n_rows — rows 0..n_rows-1 take part; kv_len — attend over cache positions < kv_len
+      (≥ max(pos)+1); same_pos — when every row is at the same position, that position
+      (then kv_len must be same_pos + 1 and no mask is needed), else None.
+    Returns logits [n_rows, vocab] in float32.
+    """
+
+    def __init__(self, model: GPT, cache: KVCache) -> None:
+        c = model.config
+        self.model, self.cache, self.config = model, cache, c
+        self.H, self.Hkv, self.D = c.n_head, c.n_kv_head, c.head_dim
+        self.G = self.H // self.Hkv
+        self.scale = 1.0 / math.sqrt(self.D)
+        B, S = cache.k.size(1), cache.max_len
+        assert cache.k.is_contiguous() and cache.v.is_contiguous()
+        # Flat [B*Hkv*S, D] views of each layer's cache, and each (row, head)'s offset in them.
+        self.k_flat = [cache.k[i].view(-1, self.D) for i in range(c.n_layer)]
+        self.v_flat = [cache.v[i].view(-1, self.D) for i in range(c.n_layer)]
+        dev = cache.k.device
+        self.offsets = (
+            torch.arange(B, device=dev)[:, None] * self.Hkv + torch.arange(self.Hkv, device=dev)
+        ) * S
+        self.positions = torch.arange(S, device=dev)
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Re-read the model's modules (call after swapping layers, e.g. quantizing)."""
+        m = self.model
+        dtype = m.wte.weight.dtype
+        self.cos_table, self.sin_table = m.rope_cos.to(dtype), m.rope_sin.to(dtype)
+        self.layers = []
+        for blk in m.blocks:
+            a = blk.attn
+            self.layers.append(
+                (
+                    _fast_call(blk.attn_norm),
+                    _fast_call(a.qkv),
+                    a.q_norm,
+                    a.k_norm,
+                    _fast_call(a.o_proj),
+                    _fast_call(blk.mlp_norm),
+                    blk.mlp,
+                )
+            )
+        self.norm_f, self.lm_head = _fast_call(m.norm_f), _fast_call(m.lm_head)
+
+    def __call__(
+        self, tokens: torch.Tensor, pos: torch.Tensor, n_rows: int, kv_len: int, same_pos: int | None = None
+    ) -> torch.Tensor:
+        B, H, Hkv, G, D = n_rows, self.H, self.Hkv, self.G, self.D
+        tokens, pos = tokens[:B], pos[:B]
+        x = self.model.wte(tokens)  # [B, C]
+        cos, sin = self.cos_table[pos][:, None], self.sin_table[pos][:, None]  # [B, 1, D/2]
+        if same_pos is not None:
+            bias = None
+        else:
+            # Additive mask [B, 1, 1, kv_len]: 0 where key j <= the row's position, -inf after it.
+            visible = self.positions[:kv_len][None, :] <= pos[:, None]
+            bias = torch.zeros(visible.shape, dtype=x.dtype, device=x.device).masked_fill_(
+                ~visible, float("-inf")
+            )
+            bias = bias[:, None, None, :]
+            write_at = (self.offsets[:B] + pos[:, None]).reshape(-1)  # [B*Hkv] rows of the flat cache
+
+        for layer, (attn_norm, qkv, q_norm, k_norm, o_proj, mlp_norm, mlp) in enumerate(self.layers):
+            h = qkv(attn_norm(x)).view(B, H + 2 * Hkv, D)
+            qk, v = h[:, : H + Hkv], h[:, H + Hkv :]
+            if q_norm is not None:
+                qk = torch.cat((q_norm(qk[:, :H]), k_norm(qk[:, H:])), dim=1)
+            qk = rotate_half(qk, cos, sin)
+            q, k = qk[:, :H], qk[:, H:]
+            kc, vc = self.cache.k[layer], self.cache.v[layer]  # [Bmax, Hkv, S, D]
+            if same_pos is not None:
+                kc[:B, :, same_pos] = k
+                vc[:B, :, same_pos] = v
+            else:
+                self.k_flat[layer].index_copy_(0, write_at, k.reshape(B * Hkv, D))
+                self.v_flat[layer].index_copy_(0, write_at, v.reshape(B * Hkv, D))
+            keys, values = kc[:B, :, :kv_len], vc[:B, :, :kv_len]  # [B, Hkv, L, D] views
+            # The G query heads of each key/value head act as G query rows: [B, Hkv, G, D].
+            y = F.scaled_dot_product_attention(q.reshape(B, Hkv, G, D), keys, values, attn_mask=bias)
+            x = x + o_proj(y.reshape(B, H * D))
+            x = x + mlp(mlp_norm(x))
+
+        logits = self.lm_head(self.norm_f(x))
+        cap = self.config.logit_softcap
+        if cap is not None:
+            logits = cap * torch.tanh(logits / cap)
+        return logits.float()
+
+
+def static_decode_fn(decoder: Decoder) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The decode step with fixed shapes (all slots, the full cache length, always masked), the
+    form `torch.compile` turns into one graph: (tokens [Bmax], pos [Bmax]) -> logits [Bmax, V]."""
+    B, S = decoder.cache.k.size(1), decoder.cache.max_len
+
+    def step(tokens: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        return decoder(tokens, pos, B, S, same_pos=None)
+
+    return step

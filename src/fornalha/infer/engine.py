@@ -1,0 +1,493 @@
+"""The inference engine: requests in, tokens out, many sequences at once.
+
+How a request flows through it
+------------------------------
+::
+
+    add_request(prompt, params) ─► waiting queue
+                                        │ step(): a free KV-cache slot?
+                                        ▼
+                          PREFILL  the whole prompt in one forward pass (prompts admitted together
+                                   are right-padded into one batch); keys/values go to the slot;
+                                   the last position's logits give the first token
+                                        │
+                                        ▼
+                          DECODE   every step, one forward pass for all running sequences: each
+                                   feeds its last token at its own position, attends to its own slot
+                                        │
+                         stop token / stop string / max_new_tokens / context full
+                                        ▼
+                          FINISHED  the slot is freed at once; a waiting request can take it next step
+
+This is *continuous batching* in its simplest form: sequences join and leave the running batch at
+any step, each with its own sampling parameters (`SlotSampler`), random generator, text stream
+(`TextStream`) and KV-cache row (`KVCache` keeps one position per row). `step()` returns the
+`Event`s of that step — one new token (and its text, possibly "" while a UTF-8 character or a
+possible stop string is incomplete) per running request — which is what a server streams.
+`generate()` and `stream()` are loops over `step()` for the common cases.
+
+Why a cache at all: without one, producing token t means recomputing all t previous positions
+(quadratic work in the length); with it, each step only computes the new position and reads the
+stored keys and values of the others. `use_cache=False` keeps that naive loop as the baseline
+the benchmark measures against.
+
+Slots are taken lowest-first, and the decode step runs over rows 0..(highest busy slot), so the
+batch shrinks when sequences finish. Free rows inside that range cost a little compute but never
+touch a live sequence: their position stays at 0 and nothing reads what they write.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+
+from fornalha.errors import ConfigError, FornalhaError
+from fornalha.infer.decode import Decoder, static_decode_fn
+from fornalha.infer.sampling import SampleOutput, SamplingParams, SlotSampler
+from fornalha.infer.streaming import TextStream
+from fornalha.model.gpt import GPT, KVCache
+
+
+class TokenizerLike(Protocol):
+    """What the engine needs from a tokenizer (a subset of `fornalha.tokenizer.Tokenizer`)."""
+
+    eos_id: int
+    special_ids: dict[str, int]
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def decode_bytes(self, ids: Sequence[int]) -> bytes: ...
+
+
+# --------------------------------------------------------------------------------------------
+# What comes out
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TokenLogprob:
+    """A chosen token's log-probability and the top alternatives as (token id, log-probability)."""
+
+    token_id: int
+    logprob: float
+    top: list[tuple[int, float]] = field(default_factory=list)
+
+
+@dataclass
+class Event:
+    """What one step did for one request: the token it generated and the text that became
+    displayable (may be "" — the rest of a character or a possible stop string is pending).
+    On the last event `finished` is True and `finish_reason` is "stop" (end-of-text token or
+    stop string) or "length" (max_new_tokens, or the context is full)."""
+
+    request_id: int
+    token_id: int | None
+    text: str
+    finished: bool = False
+    finish_reason: str | None = None
+    logprob: TokenLogprob | None = None
+
+
+@dataclass
+class Completion:
+    """One finished sample: its text (stop string and stop token excluded), token ids (the stop
+    token excluded), why it ended, and per-token log-probabilities when asked for."""
+
+    text: str
+    token_ids: list[int]
+    finish_reason: str
+    logprobs: list[TokenLogprob] | None = None
+
+
+@dataclass
+class GenerationResult:
+    """All samples (n of them) of one prompt."""
+
+    prompt: str | list[int]
+    prompt_token_ids: list[int]
+    completions: list[Completion]
+
+    @property
+    def text(self) -> str:
+        return self.completions[0].text
+
+
+# --------------------------------------------------------------------------------------------
+# A request while it lives in the engine
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Sequence:
+    id: int
+    prompt: str | list[int]
+    prompt_ids: list[int]
+    params: SamplingParams
+    generator: torch.Generator
+    stream: TextStream
+    stop_ids: frozenset[int]
+    slot: int = -1
+    out_ids: list[int] = field(default_factory=list)
+    logprobs: list[TokenLogprob] | None = None
+    finish_reason: str | None = None
+    created: float = field(default_factory=time.perf_counter)
+    first_token_at: float | None = None
+
+    def completion(self) -> Completion:
+        return Completion(self.stream.text, list(self.out_ids), self.finish_reason or "length", self.logprobs)
+
+
+class Engine:
+    """Batched, cached generation for a `GPT`.
+
+    model: the network (put on `device`, in eval mode, cast to `dtype` when given — bf16 halves
+        memory and is fast on recent GPUs; CPUs are usually fastest in float32).
+    tokenizer: anything with encode / decode_bytes / eos_id / special_ids (`TokenizerLike`).
+    max_batch_size: KV-cache slots = sequences decoded together; more wait in a queue.
+    max_seq_len: longest prompt + output a slot holds (default and maximum: the model's block_size).
+    compile: run the decode step through `torch.compile` with static shapes (see `decode.py`).
+    use_cache: False gives the naive loop (recompute everything each step): the baseline.
+
+    >>> engine = Engine(model, tokenizer, max_batch_size=8)               # doctest: +SKIP
+    >>> engine.generate(["Once upon a time"], SamplingParams(temperature=0))[0].text  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        model: GPT,
+        tokenizer: TokenizerLike,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        max_batch_size: int = 8,
+        max_seq_len: int | None = None,
+        compile: bool = False,
+        use_cache: bool = True,
+    ) -> None:
+        if max_batch_size < 1:
+            raise ConfigError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        self.device = torch.device(device) if device is not None else model.wte.weight.device
+        model.to(self.device)
+        if dtype is not None:
+            model.to(dtype)
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.config = model.config
+        block = self.config.block_size
+        self.max_seq_len = min(max_seq_len or block, block)
+        self.max_batch_size = max_batch_size
+        self.use_cache = use_cache
+        self.dtype = model.wte.weight.dtype
+
+        self.cache = KVCache.allocate(self.config, max_batch_size, self.max_seq_len, self.device, self.dtype)
+        self.decoder = Decoder(model, self.cache)
+        self._compiled = None
+        if compile:
+            mode = "reduce-overhead" if self.device.type == "cuda" else None
+            self._compiled = torch.compile(
+                static_decode_fn(self.decoder), dynamic=False, fullgraph=True, mode=mode
+            )
+        self.sampler = SlotSampler(max_batch_size, self.config.vocab_size, self.device)
+
+        self._slots: list[_Sequence | None] = [None] * max_batch_size
+        self._pos = [0] * max_batch_size  # python mirror of cache.pos (no device reads per step)
+        self._tokens = torch.zeros(
+            max_batch_size, dtype=torch.long, device=self.device
+        )  # last token per slot
+        self._waiting: deque[_Sequence] = deque()
+        self._finished: dict[int, _Sequence] = {}
+        self._next_id = 0
+        self._default_stop_ids = frozenset(
+            i
+            for i in (
+                getattr(tokenizer, "eos_id", None),
+                getattr(tokenizer, "special_ids", {}).get("<|end|>"),
+            )
+            if i is not None
+        )
+        self._bytes_cache: dict[int, bytes] = {}
+
+    # ---- requests ---------------------------------------------------------------------------
+    def add_request(
+        self, prompt: str | Sequence[int], params: SamplingParams | None = None, add_bos: bool = True
+    ) -> int:
+        """Queue a prompt (text, or token ids used as given) and return its request id.
+
+        Text prompts get `<|bos|>` in front when the tokenizer has one (training documents start
+        with it). `params.n` must be 1 here; `generate` expands n > 1 into n requests."""
+        params = params or SamplingParams()
+        if params.n != 1:
+            raise ConfigError("add_request takes one sample per request (n=1); use generate() for n > 1")
+        if isinstance(prompt, str):
+            ids = self.tokenizer.encode(prompt)
+            bos = getattr(self.tokenizer, "bos_id", None)
+            if add_bos and bos is not None:
+                ids = [bos, *ids]
+        else:
+            ids = [int(i) for i in prompt]
+        if not ids:
+            raise FornalhaError("empty prompt: give at least one token")
+        if len(ids) >= self.max_seq_len:
+            raise FornalhaError(
+                f"prompt of {len(ids)} tokens does not fit the context of {self.max_seq_len} tokens "
+                "(it needs room for at least one new token); shorten it"
+            )
+        bad = [i for i in ids if not 0 <= i < self.config.vocab_size]
+        if bad:
+            raise FornalhaError(
+                f"prompt token id {bad[0]} is outside the model's vocabulary of {self.config.vocab_size}"
+            )
+        seed = params.seed if params.seed is not None else int(torch.randint(0, 2**62, (1,)).item())
+        gen = torch.Generator(device=self.device)
+        gen.manual_seed(seed)
+        stop_ids = frozenset(params.stop_token_ids) | (
+            frozenset() if params.ignore_eos else self._default_stop_ids
+        )
+        seq = _Sequence(
+            id=self._next_id,
+            prompt=prompt if isinstance(prompt, str) else ids,
+            prompt_ids=ids,
+            params=params,
+            generator=gen,
+            stream=TextStream(self._token_bytes, params.stop),
+            stop_ids=stop_ids,
+            logprobs=[] if params.logprobs is not None else None,
+        )
+        self._next_id += 1
+        if params.max_new_tokens == 0:
+            seq.finish_reason = "length"
+            self._finished[seq.id] = seq
+        else:
+            self._waiting.append(seq)
+        return seq.id
+
+    def abort(self, request_id: int) -> bool:
+        """Drop a request (a client went away). True if it was waiting or running."""
+        for seq in self._waiting:
+            if seq.id == request_id:
+                self._waiting.remove(seq)
+                return True
+        for seq in self._slots:
+            if seq is not None and seq.id == request_id:
+                seq.finish_reason = "abort"
+                self._release(seq)
+                return True
+        return False
+
+    def has_unfinished(self) -> bool:
+        return bool(self._waiting) or any(s is not None for s in self._slots)
+
+    @property
+    def num_running(self) -> int:
+        return sum(s is not None for s in self._slots)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self._waiting)
+
+    def pop_result(self, request_id: int) -> Completion:
+        """The completion of a finished request (removed from the engine)."""
+        seq = self._finished.pop(request_id, None)
+        if seq is None:
+            raise KeyError(f"request {request_id} is not finished (or was already collected)")
+        return seq.completion()
+
+    # ---- one scheduler step -------------------------------------------------------------------
+    @torch.inference_mode()
+    def step(self) -> list[Event]:
+        """Admit waiting requests into free slots (prefill), then advance every running sequence
+        by one token (decode). Returns this step's events."""
+        events: list[Event] = []
+        running = [s for s in self._slots if s is not None]
+        if running:
+            self._decode(running, events)
+        admitted: list[_Sequence] = []  # after the decode, so slots freed by it are reused at once
+        for slot in range(self.max_batch_size):
+            if not self._waiting:
+                break
+            if self._slots[slot] is None:
+                seq = self._waiting.popleft()
+                seq.slot = slot
+                self._slots[slot] = seq
+                self.sampler.assign(slot, seq.params, seq.prompt_ids, seq.generator)
+                admitted.append(seq)
+        if admitted:
+            self._prefill(admitted, events)
+        return events
+
+    def _prefill(self, seqs: list[_Sequence], events: list[Event]) -> None:
+        """Run the prompts through the model together (right-padded) and sample their first tokens."""
+        lengths = [len(s.prompt_ids) for s in seqs]
+        T = max(lengths)
+        idx = torch.zeros(len(seqs), T, dtype=torch.long)
+        for i, s in enumerate(seqs):
+            idx[i, : lengths[i]] = torch.tensor(s.prompt_ids)
+        idx = idx.to(self.device)
+        last = torch.tensor(lengths, device=self.device) - 1
+        rows = torch.arange(len(seqs), device=self.device)
+        if self.use_cache:
+            # A temporary cache for just these rows, then copied into their slots.
+            tmp = KVCache.allocate(self.config, len(seqs), T, self.device, self.dtype)
+            logits, _ = self.model(idx, kv_cache=tmp, n_new=last + 1)
+            for i, s in enumerate(seqs):
+                n = lengths[i]
+                self.cache.k[:, s.slot, :, :n] = tmp.k[:, i, :, :n]
+                self.cache.v[:, s.slot, :, :n] = tmp.v[:, i, :, :n]
+        else:
+            logits, _ = self.model(idx)
+        for s, n in zip(seqs, lengths, strict=True):
+            self._pos[s.slot] = n
+            self.cache.pos[s.slot] = n
+        slots = [s.slot for s in seqs]
+        out = self.sampler.sample(logits[rows, last].float(), rows=slots)
+        self._tokens[torch.tensor(slots, device=self.device)] = out.tokens
+        self.sampler.observe(out.tokens, rows=slots)
+        now = time.perf_counter()
+        for s in seqs:
+            s.first_token_at = now
+        self._emit(seqs, list(range(len(seqs))), out, events)
+
+    def _decode(self, seqs: list[_Sequence], events: list[Event]) -> None:
+        """Feed every running sequence's last token at its position; sample the next ones."""
+        B = max(s.slot for s in seqs) + 1  # rows 0..B-1 run (free ones in between idle along)
+        if not self.use_cache:
+            logits = self._forward_without_cache(seqs, B)
+        else:
+            if self._compiled is not None:
+                logits = self._compiled(self._tokens, self.cache.pos)[:B]
+            else:
+                pos = [self._pos[s.slot] for s in seqs]
+                same = len(seqs) == B and min(pos) == max(pos)
+                logits = self.decoder(
+                    self._tokens, self.cache.pos, B, max(pos) + 1, same_pos=pos[0] if same else None
+                )
+            for s in seqs:
+                self._pos[s.slot] += 1
+            if len(seqs) == B:
+                self.cache.pos[:B] += 1
+            else:
+                self.cache.pos[torch.tensor([s.slot for s in seqs], device=self.device)] += 1
+        out = self.sampler.sample(logits)
+        self._tokens[:B] = out.tokens
+        self.sampler.observe(out.tokens[[s.slot for s in seqs]], rows=[s.slot for s in seqs])
+        self._emit(seqs, [s.slot for s in seqs], out, events)
+
+    def _forward_without_cache(self, seqs: list[_Sequence], B: int) -> torch.Tensor:
+        """The baseline: the whole sequence (prompt + output so far) through the model, every step."""
+        full = [s.prompt_ids + s.out_ids for s in seqs]
+        T = max(len(f) for f in full)
+        idx = torch.zeros(B, T, dtype=torch.long)
+        last = torch.zeros(B, dtype=torch.long)
+        for s, f in zip(seqs, full, strict=True):
+            idx[s.slot, : len(f)] = torch.tensor(f)
+            last[s.slot] = len(f) - 1
+            self._pos[s.slot] = len(f)
+        logits, _ = self.model(idx.to(self.device))
+        return logits[torch.arange(B, device=self.device), last.to(self.device)].float()
+
+    def _emit(self, seqs: list[_Sequence], rows: list[int], out: SampleOutput, events: list[Event]) -> None:
+        """Book-keeping after sampling: append tokens, stream text, check the stop conditions."""
+        all_tokens = out.tokens.tolist()  # the one device->host read of the step
+        tokens = [all_tokens[r] for r in rows]
+        lp = top_ids = top_lp = None
+        if out.logprobs is not None:
+            lp = [out.logprobs[r].item() for r in rows]
+            if out.top_ids is not None and out.top_logprobs is not None:
+                top_ids = [out.top_ids[r].tolist() for r in rows]
+                top_lp = [out.top_logprobs[r].tolist() for r in rows]
+        for i, (s, tok) in enumerate(zip(seqs, tokens, strict=True)):
+            logprob = None
+            if s.logprobs is not None and lp is not None:
+                k = s.params.logprobs or 0
+                top = list(zip(top_ids[i][:k], top_lp[i][:k])) if top_ids is not None else []
+                logprob = TokenLogprob(tok, lp[i], top)
+                s.logprobs.append(logprob)
+            if tok in s.stop_ids:
+                s.finish_reason = "stop"
+                text = s.stream.finish()
+            else:
+                s.out_ids.append(tok)
+                text = s.stream.push(tok)
+                if s.stream.stopped is not None:
+                    s.finish_reason = "stop"
+                elif len(s.out_ids) >= s.params.max_new_tokens or self._pos[s.slot] >= self.max_seq_len:
+                    s.finish_reason = "length"
+                if s.finish_reason == "length":
+                    text += s.stream.finish()
+            events.append(Event(s.id, tok, text, s.finish_reason is not None, s.finish_reason, logprob))
+            if s.finish_reason is not None:
+                self._release(s)
+
+    def _release(self, seq: _Sequence) -> None:
+        slot = seq.slot
+        self._slots[slot] = None
+        self._pos[slot] = 0
+        self.cache.pos[slot] = 0
+        self.sampler.release(slot)
+        self._finished[seq.id] = seq
+
+    def _token_bytes(self, token_id: int) -> bytes:
+        b = self._bytes_cache.get(token_id)
+        if b is None:
+            b = self._bytes_cache[token_id] = self.tokenizer.decode_bytes([token_id])
+        return b
+
+    # ---- convenience loops --------------------------------------------------------------------
+    def generate(
+        self,
+        prompts: Sequence[str | Sequence[int]],
+        params: SamplingParams | Sequence[SamplingParams] | None = None,
+        add_bos: bool = True,
+    ) -> list[GenerationResult]:
+        """Generate for every prompt (n samples each, sample i seeded with seed + i) and wait for all.
+
+        params: one SamplingParams for every prompt, or one per prompt."""
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        if params is None or isinstance(params, SamplingParams):
+            params = [params or SamplingParams()] * len(prompts)
+        if len(params) != len(prompts):
+            raise ConfigError(f"{len(prompts)} prompts but {len(params)} sampling parameter sets")
+        groups: list[list[int]] = []
+        for prompt, p in zip(prompts, params, strict=True):
+            ids = []
+            for j in range(p.n):
+                seed = None if p.seed is None else p.seed + j
+                ids.append(self.add_request(prompt, p.with_(n=1, seed=seed), add_bos=add_bos))
+            groups.append(ids)
+        wanted = {i for g in groups for i in g}
+        while not wanted <= self._finished.keys():
+            self.step()
+        results = []
+        for prompt, ids in zip(prompts, groups, strict=True):
+            prompt_ids = self._finished[ids[0]].prompt_ids
+            results.append(GenerationResult(prompt, prompt_ids, [self.pop_result(i) for i in ids]))
+        return results
+
+    def stream(
+        self, prompt: str | Sequence[int], params: SamplingParams | None = None, add_bos: bool = True
+    ) -> Iterator[str]:
+        """Text pieces of one request as they become displayable (never half a character, never
+        part of a stop string). `"".join(engine.stream(p, sp))` equals the generated text."""
+        rid = self.add_request(prompt, params, add_bos=add_bos)
+        try:
+            while rid not in self._finished:
+                for ev in self.step():
+                    if ev.request_id == rid and ev.text:
+                        yield ev.text
+        finally:
+            if rid not in self._finished:
+                self.abort(rid)
+            self._finished.pop(rid, None)
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "running": self.num_running,
+            "waiting": self.num_waiting,
+            "slots": self.max_batch_size,
+            "max_seq_len": self.max_seq_len,
+        }
