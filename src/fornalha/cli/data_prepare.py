@@ -92,8 +92,8 @@ def prepare_command(
     if no_filters:
         cfg.clean.filters = False
     if near_dup_threshold is not None:
-        if not 0.0 < near_dup_threshold <= 1.0:
-            raise ConfigError(f"--near-dup-threshold must be in (0, 1], got {near_dup_threshold}")
+        if not 0.05 <= near_dup_threshold <= 0.98:
+            raise ConfigError(f"--near-dup-threshold must be in [0.05, 0.98], got {near_dup_threshold}")
         cfg.dedup.near_threshold = near_dup_threshold
     if language:
         cfg.clean.language.enabled = True

@@ -232,7 +232,7 @@ def normalize(text: str, cfg: NormalizeConfig | None = None) -> str:
         if cfg.max_blank_lines >= 0:
             limit = "\n" * (cfg.max_blank_lines + 1)
             if limit + "\n" in text:
-                text = re.sub(r"\n{%d,}" % (cfg.max_blank_lines + 2), limit, text)
+                text = re.sub(rf"\n{{{cfg.max_blank_lines + 2},}}", limit, text)
         text = text.strip("\n")
         if text.strip():
             text += "\n"
@@ -253,7 +253,7 @@ def html_to_text(html: str) -> str:
 
 # --------------------------------------------------------------------------- quality filters
 
-_NO_LETTER_WORD = re.compile(r"(?<!\S)[\W\d_]+(?!\S)")  # a word without any letter
+_NO_LETTER_WORD = re.compile(r"(?<!\S)(?:[^\w\s]|[\d_])+(?!\S)")  # a word without any letter
 _BULLETS = ("•", "●", "○", "▪", "▫", "■", "□", "‣", "⁃", "◦", "-", "*", "–")
 _PARAS = re.compile(r"\n{2,}")
 

@@ -9,7 +9,7 @@ kept in memory (~100 bytes per document with set overhead).
 estimated Jaccard similarity is above ``near_threshold`` (0.8 by default) without comparing
 all pairs. Signatures are computed in the worker processes (:func:`signature`); the LSH
 index lives in the orchestrator (:class:`Deduplicator`), which sees documents in input order
-so the result is deterministic. The index costs about 1 KB per document: tens of millions of
+so the result is deterministic. The index costs about 1.5 KB per document: tens of millions of
 documents fit on one machine; beyond that, run the same idea distributed (see the README).
 
 Every document gets a *cluster key*: the exact hash of the first document of its
@@ -40,7 +40,7 @@ class DedupConfig(BaseModel):
 
     exact: bool = True
     near: bool = True
-    near_threshold: float = Field(0.8, gt=0.0, le=1.0)
+    near_threshold: float = Field(0.8, ge=0.05, le=0.98, description="Jaccard similarity (LSH needs <= 0.98)")
     num_perm: int = Field(128, ge=16)
     shingle_words: int = Field(5, ge=1)
 
@@ -121,7 +121,12 @@ class Deduplicator:
         self._exact: dict[bytes, str] = {}  # digest -> cluster key
         self._lsh = MinHashLSH(threshold=self.cfg.near_threshold, num_perm=self.cfg.num_perm)
         self._cluster: dict[str, str] = {}  # lsh key -> cluster key
+        self._sigs: dict[str, np.ndarray] = {}  # lsh key -> signature (512 bytes)
         self._count = 0
+
+    @staticmethod
+    def _jaccard(a: np.ndarray, b: np.ndarray) -> float:
+        return float(np.count_nonzero(np.asarray(a) == b)) / len(b)
 
     def add(self, doc_hash: str, sig: np.ndarray | None) -> DedupResult:
         """Register a document; report whether it duplicates an earlier one."""
@@ -132,7 +137,8 @@ class Deduplicator:
             self._exact[digest] = doc_hash
             return DedupResult(None, doc_hash)
         mh = minhash(sig, self.cfg.num_perm)
-        matches = self._lsh.query(mh)
+        # LSH returns *candidates*; keep those whose estimated Jaccard really passes.
+        matches = [k for k in self._lsh.query(mh) if self._jaccard(sig, self._sigs[k]) >= self.cfg.near_threshold]
         if matches:
             first = min(matches, key=lambda k: int(k))  # earliest inserted: deterministic
             cluster = self._cluster[first]
@@ -142,5 +148,6 @@ class Deduplicator:
         self._count += 1
         self._lsh.insert(key, mh)
         self._cluster[key] = doc_hash
+        self._sigs[key] = np.asarray(sig)
         self._exact[digest] = doc_hash
         return DedupResult(None, doc_hash)

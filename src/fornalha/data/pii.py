@@ -130,26 +130,3 @@ def scrub(text: str, cfg: PiiConfig | None = None) -> tuple[str, Counter[str]]:
         for pattern in PHONES:
             sub(pattern, "PHONE", _phone_ok)
     return text, counts
-
-    def sub(pattern: re.Pattern[str], label: str, check=None) -> None:  # noqa: ANN001
-        nonlocal text
-
-        def repl(m: re.Match[str]) -> str:
-            if check is not None and not check(m.group(0)):
-                return m.group(0)
-            counts[label] += 1
-            return f"<{label}>"
-
-        text = pattern.sub(repl, text)
-
-    if cfg.emails and "@" in text:
-        sub(EMAIL, "EMAIL")
-    if cfg.cards:
-        sub(CARD, "CARD", lambda s: luhn_valid(re.sub(r"[ -]", "", s)))
-    if cfg.ips:
-        sub(IPV4, "IP", lambda s: _ip_ok(s, cfg.keep_non_public_ips))
-        if "::" in text or text.count(":") >= 7:
-            sub(IPV6, "IP", lambda s: _ipv6_ok(s, cfg.keep_non_public_ips))
-    if cfg.phones:
-        sub(PHONE, "PHONE", lambda s: 9 <= sum(c.isdigit() for c in s) <= 15)
-    return text, counts
