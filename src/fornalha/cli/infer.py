@@ -1,7 +1,307 @@
-"""CLI commands of the infer stage (filled in by that stage's work)."""
+"""`fornalha generate` and `fornalha chat`: thin commands over `fornalha.infer.Engine`.
+
+Generated text goes to stdout and nothing else does; device notes, progress and errors go to
+stderr, so `fornalha generate … > out.txt` captures exactly the text.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 
+from fornalha.errors import ConfigError, FornalhaError
+
+RunOpt = Annotated[
+    Path, typer.Option("--run", help="Run folder from `fornalha train` (or `fornalha import hf`).")
+]
+CheckpointOpt = Annotated[
+    str, typer.Option("--checkpoint", help="best, last, or a step folder name such as step-000200.")
+]
+DeviceOpt = Annotated[
+    str, typer.Option("--device", help="auto (cuda -> mps -> cpu), cpu, cuda, cuda:1, mps.")
+]
+DtypeOpt = Annotated[
+    str, typer.Option("--dtype", help="auto (bfloat16 on CUDA, else float32), float32, bfloat16 or float16.")
+]
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _load_engine(
+    run: Path, checkpoint: str, device: str, dtype: str, max_batch_size: int, compile: bool = False
+):
+    """(engine, tokenizer) for a run folder, on the requested device and precision."""
+    import torch
+
+    from fornalha.checkpoint import load_run
+    from fornalha.device import pick_device
+    from fornalha.infer import Engine
+
+    if not run.exists():
+        raise FornalhaError(f"run folder {run} does not exist; train one with `fornalha train` or pass --run")
+    dev = pick_device(device)
+    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if dtype == "auto":
+        dt = torch.bfloat16 if dev.type == "cuda" else torch.float32
+    elif dtype in dtypes:
+        dt = dtypes[dtype]
+    else:
+        raise ConfigError(f"unknown --dtype {dtype!r}; choose auto, {', '.join(dtypes)}")
+    model, tokenizer, meta = load_run(run, which=checkpoint, device=dev)
+    _say(
+        f"model: {meta.get('path', run)} ({model.num_params() / 1e6:.1f}M parameters, {str(dt).split('.')[-1]})"
+    )
+    engine = Engine(model, tokenizer, device=dev, dtype=dt, max_batch_size=max_batch_size, compile=compile)
+    return engine, tokenizer
+
+
+def _params(**kw: Any):
+    from fornalha.infer import SamplingParams
+
+    return SamplingParams(**{k: v for k, v in kw.items() if v is not None})
+
+
+def generate_command(
+    run: RunOpt,
+    prompt: Annotated[str | None, typer.Option("--prompt", "-p", help="The text to continue.")] = None,
+    prompts_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--prompts-file",
+            help='JSONL, one {"prompt": ...} per line (optionally with its own sampling parameters, '
+            'e.g. "temperature", "max_new_tokens", "seed", "stop"); writes one JSON line per prompt.',
+        ),
+    ] = None,
+    max_new_tokens: Annotated[
+        int, typer.Option("--max-new-tokens", help="Tokens to generate at most.")
+    ] = 128,
+    temperature: Annotated[
+        float, typer.Option("--temperature", "-t", help="0 = greedy; higher = more random.")
+    ] = 0.8,
+    top_k: Annotated[
+        int, typer.Option("--top-k", help="Sample among the k most likely tokens (0 = off).")
+    ] = 0,
+    top_p: Annotated[
+        float, typer.Option("--top-p", help="Nucleus sampling: smallest set with this mass (1 = off).")
+    ] = 1.0,
+    min_p: Annotated[
+        float, typer.Option("--min-p", help="Drop tokens below min_p x the best one's probability.")
+    ] = 0.0,
+    repetition_penalty: Annotated[
+        float, typer.Option("--repetition-penalty", help="> 1 discourages tokens already present (1 = off).")
+    ] = 1.0,
+    frequency_penalty: Annotated[
+        float, typer.Option("--frequency-penalty", help="Per repeat, OpenAI-style.")
+    ] = 0.0,
+    presence_penalty: Annotated[float, typer.Option("--presence-penalty", help="Once per used token.")] = 0.0,
+    seed: Annotated[int | None, typer.Option("--seed", help="Makes sampling reproducible.")] = None,
+    stream: Annotated[bool, typer.Option("--stream", help="Print text as it is generated.")] = False,
+    n: Annotated[int, typer.Option("--n", help="Samples per prompt (sample i uses seed + i).")] = 1,
+    stop: Annotated[
+        list[str] | None, typer.Option("--stop", help="Stop before this string (repeatable).")
+    ] = None,
+    checkpoint: CheckpointOpt = "best",
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Sequences decoded together.")] = 8,
+) -> None:
+    """Continue a prompt with a trained model; prints only the generated text.
+
+    Examples:
+
+      fornalha generate --run runs/tiny --prompt "Once upon a time" --temperature 0
+
+      fornalha generate --run runs/tiny -p "The king" --top-p 0.9 --seed 1 --n 3 --stream
+
+      fornalha generate --run runs/tiny --prompts-file prompts.jsonl > outputs.jsonl
+    """
+    if (prompt is None) == (prompts_file is None):
+        raise ConfigError("give exactly one of --prompt or --prompts-file")
+    if stream and (n > 1 or prompts_file is not None):
+        raise ConfigError("--stream prints one sample of one prompt; drop --n/--prompts-file or --stream")
+    base = dict(
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        min_p=min_p,
+        repetition_penalty=repetition_penalty,
+        frequency_penalty=frequency_penalty,
+        presence_penalty=presence_penalty,
+        seed=seed,
+        n=n,
+        stop=list(stop or []),
+    )
+    params = _params(**base)  # validate before loading anything
+
+    if prompts_file is not None:
+        from fornalha.infer import SamplingParams
+
+        if not prompts_file.is_file():
+            raise FornalhaError(f"prompts file {prompts_file} does not exist")
+        prompts, plist = [], []
+        for lineno, line in enumerate(prompts_file.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise FornalhaError(f"{prompts_file}:{lineno}: not JSON ({exc})") from None
+            if not isinstance(obj, dict) or not isinstance(obj.get("prompt"), str):
+                raise FornalhaError(f'{prompts_file}:{lineno}: expected {{"prompt": "...", ...}}')
+            prompts.append(obj.pop("prompt"))
+            try:
+                plist.append(SamplingParams.from_dict({**base, **obj}))
+            except ConfigError as exc:
+                raise ConfigError(f"{prompts_file}:{lineno}: {exc}") from None
+        engine, _ = _load_engine(run, checkpoint, device, dtype, batch_size)
+        for i, res in enumerate(engine.generate(prompts, plist)):
+            out = {
+                "index": i,
+                "prompt": res.prompt,
+                "text": res.text,
+                "finish_reason": res.completions[0].finish_reason,
+                "tokens": len(res.completions[0].token_ids),
+            }
+            if len(res.completions) > 1:
+                out["completions"] = [
+                    {"text": c.text, "finish_reason": c.finish_reason, "tokens": len(c.token_ids)}
+                    for c in res.completions
+                ]
+            print(json.dumps(out, ensure_ascii=False), flush=True)
+        return
+
+    assert prompt is not None
+    engine, _ = _load_engine(run, checkpoint, device, dtype, batch_size)
+    if stream:
+        for piece in engine.stream(prompt, params):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        return
+    res = engine.generate([prompt], params)[0]
+    print("\n\n".join(c.text for c in res.completions))
+
+
+def chat_command(
+    run: RunOpt,
+    system: Annotated[
+        str | None, typer.Option("--system", help="System prompt for the conversation.")
+    ] = None,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Longest reply, in tokens.")] = 256,
+    temperature: Annotated[float, typer.Option("--temperature", "-t", help="0 = greedy.")] = 0.7,
+    top_p: Annotated[float, typer.Option("--top-p", help="Nucleus sampling mass (1 = off).")] = 0.9,
+    top_k: Annotated[int, typer.Option("--top-k", help="0 = off.")] = 0,
+    repetition_penalty: Annotated[float, typer.Option("--repetition-penalty", help="1 = off.")] = 1.1,
+    seed: Annotated[int | None, typer.Option("--seed", help="Reply i uses seed + i.")] = None,
+    checkpoint: CheckpointOpt = "best",
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+) -> None:
+    """Chat with a model in the terminal, replies streamed as they are written.
+
+    Type a message and press Enter. Commands: /reset (forget the conversation), /save FILE (write
+    the transcript as JSON), /exit. Works with piped input too (one message per line):
+
+      fornalha chat --run runs/sft --system "You are a helpful assistant."
+
+      printf 'Hello!\\nWhat is a tokenizer?\\n/save chat.json\\n' | fornalha chat --run runs/sft
+    """
+    params = _params(
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
+        repetition_penalty=repetition_penalty,
+    )
+    engine, tokenizer = _load_engine(run, checkpoint, device, dtype, max_batch_size=1)
+    if not hasattr(tokenizer, "encode_chat"):
+        raise FornalhaError("this run's tokenizer has no chat template (encode_chat)")
+    interactive = sys.stdin.isatty()
+    history: list[dict[str, str]] = []
+
+    def messages() -> list[dict[str, str]]:
+        return ([{"role": "system", "content": system}] if system else []) + history
+
+    if interactive:
+        _say("chat: /reset, /save FILE, /exit  (Ctrl-D quits)")
+    turn = 0
+    while True:
+        if interactive:
+            sys.stderr.write("you> ")
+            sys.stderr.flush()
+        line = sys.stdin.readline()
+        if not line:  # end of input
+            break
+        text = line.rstrip("\n").rstrip("\r")
+        if not text.strip():
+            continue
+        if text.strip() in ("/exit", "/quit"):
+            break
+        if text.strip() == "/reset":
+            history.clear()
+            _say("(conversation reset)")
+            continue
+        if text.startswith("/save"):
+            target = text[len("/save") :].strip()
+            if not target:
+                _say("usage: /save FILE")
+                continue
+            transcript = {"run": str(run), "system": system, "messages": messages(), "params": vars(params)}
+            try:
+                Path(target).write_text(
+                    json.dumps(transcript, ensure_ascii=False, indent=2), encoding="utf-8"
+                )
+            except OSError as exc:
+                _say(f"cannot save to {target}: {exc}")
+                continue
+            _say(f"(saved {len(messages())} messages to {target})")
+            continue
+        if text.startswith("/"):
+            _say(f"unknown command {text.split()[0]}; commands: /reset, /save FILE, /exit")
+            continue
+
+        history.append({"role": "user", "content": text})
+        ids = _fit_context(tokenizer, messages, history, engine.max_seq_len - 1)
+        if ids is None:
+            history.pop()
+            _say(f"that message alone is longer than the model's context ({engine.max_seq_len} tokens)")
+            continue
+        turn_params = params.with_(seed=None if seed is None else seed + turn)
+        turn += 1
+        if interactive:
+            sys.stderr.write("assistant> ")
+            sys.stderr.flush()
+        reply = []
+        for piece in engine.stream(ids, turn_params, add_bos=False):
+            reply.append(piece)
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+        history.append({"role": "assistant", "content": "".join(reply)})
+
+
+def _fit_context(tokenizer, messages, history: list[dict[str, str]], limit: int) -> list[int] | None:
+    """The chat prompt's ids, dropping the oldest exchanges (never the system prompt or the new
+    message) until it fits in `limit` tokens; None when even the new message alone does not fit."""
+    while True:
+        ids = tokenizer.encode_chat(messages(), add_generation_prompt=True)
+        if len(ids) <= limit:
+            return ids
+        if len(history) <= 1:
+            return None
+        del history[: min(2, len(history) - 1)]  # one user/assistant exchange
+        _say("(oldest messages dropped to fit the context)")
+
 
 def register(app: typer.Typer) -> None:
-    """Add this stage's commands to the main app."""
+    """Add `generate` and `chat` to the main app."""
+    app.command("generate", no_args_is_help=True)(generate_command)
+    app.command("chat", no_args_is_help=True)(chat_command)
