@@ -162,7 +162,12 @@ def test_round_trip_export_import_gives_identical_weights_and_logits(tmp_path, t
     assert isinstance(tok2, BPETokenizer) and tok2.encode(TEXTS[1]) == load_tokenizer(run).encode(TEXTS[1])
     report = json.loads((back / "import.json").read_text())
     assert report["tokenizer"]["fornalha_special_tokens"] is True
-    assert "model:" in (back / "config.yaml").read_text()
+    import yaml
+
+    from fornalha.train.config import RunConfig
+
+    run_config = RunConfig.model_validate(yaml.safe_load((back / "config.yaml").read_text()))
+    assert run_config.model_cfg() == model.config
 
     # the imported run exports again, to the same tensors
     again = export_hf(back, tmp_path / "hf2")

@@ -423,7 +423,10 @@ def _model_card(
     for key, label in (("step", "training step"), ("tokens_seen", "tokens seen"), ("val_loss", "validation loss"),
                        ("val_bpb", "validation bits per byte")):  # fmt: skip
         if meta.get(key) is not None:
-            metrics.append(f"| {label} | {meta[key]} |")
+            value = meta[key]
+            metrics.append(
+                f"| {label} | {value:.4f} |" if isinstance(value, float) else f"| {label} | {value:,} |"
+            )
     shape = [
         f"| parameters | {n_params:,} |",
         f"| layers | {cfg.n_layer} |",
@@ -648,7 +651,7 @@ def import_hf(model_dir: str | os.PathLike[str], out_run_dir: str | os.PathLike[
 
     The run gets checkpoints/best (float32 weights, lineage parent "hf:<dir>"), tokenizer/ (the
     HF tokenizer files, plus fornalha_tokenizer.json when the folder came from `export hf`),
-    config.yaml (the model config) and import.json (what was imported and what the tokenizer
+    config.yaml (the model section of a run config) and import.json (what was imported and what the tokenizer
     lacks: a tokenizer without fornalha's special tokens means no chat template).
     """
     import yaml
@@ -702,8 +705,11 @@ def import_hf(model_dir: str | os.PathLike[str], out_run_dir: str | os.PathLike[
             "import": {k: report[k] for k in ("architecture", "weights", "source_dtypes", "tokenizer")},
         }
         save_checkpoint(out_run_dir / "checkpoints" / "best", state, meta)
-        header = f"# Imported from {model_dir.resolve()} by `fornalha import hf` ({created}).\n"
-        body = yaml.safe_dump({"model": cfg.to_dict(), "init_from": parent}, sort_keys=False)
+        header = (
+            f"# Imported from {model_dir.resolve()} by `fornalha import hf` ({created}).\n"
+            f"# Only the model section is known; fine-tune with: fornalha train --init-from {out_run_dir} …\n"
+        )
+        body = yaml.safe_dump({"model": cfg.to_dict()}, sort_keys=False)
         (out_run_dir / "config.yaml").write_text(header + body)
         (out_run_dir / "import.json").write_text(json.dumps(report, indent=2) + "\n")
     except BaseException:
