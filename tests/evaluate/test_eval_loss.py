@@ -30,7 +30,7 @@ def uniform_gpt(vocab_size: int):
 
 def test_bits_per_byte_by_hand():
     # A uniform model over V tokens pays ln V nats for every token. Char tokens of different byte
-    # lengths ("é" is 2 bytes) make bpb differ from log2 V; <|bos|> (0 bytes) counts in the loss only.
+    # lengths ("é" is 2 bytes) make bpb differ from log2 V; the <|bos|> target adds nats, no bytes.
     tok = CharTokenizer("héa")
     V = tok.vocab_size
     model = uniform_gpt(V)
@@ -40,7 +40,7 @@ def test_bits_per_byte_by_hand():
     assert r.loss == pytest.approx(math.log(V), rel=1e-6)
     assert r.ppl == pytest.approx(V, rel=1e-5)
     assert r.bytes == 1 + 2 + 2 + 1 + 2  # the bos target has no bytes
-    assert r.bpb == pytest.approx(5 * math.log(V) / (math.log(2) * 8), rel=1e-6)
+    assert r.bpb == pytest.approx(6 * math.log(V) / (math.log(2) * 8), rel=1e-6)
     assert r.nats == pytest.approx(6 * math.log(V), rel=1e-6)
     assert bits_per_byte(8 * math.log(2), 8) == pytest.approx(1.0)
 
@@ -58,7 +58,7 @@ def test_loss_equals_direct_mean_over_tokens():
     assert r.tokens == len(ids) - 1
     assert r.loss == pytest.approx(float(nll.mean()), rel=1e-5)
     assert r.bytes == int(has_bytes.sum())
-    assert r.bpb == pytest.approx(float(nll[has_bytes].sum()) / (math.log(2) * r.bytes), rel=1e-5)
+    assert r.bpb == pytest.approx(float(nll.sum()) / (math.log(2) * r.bytes), rel=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -144,3 +144,20 @@ def test_dataset_folder_loss_and_determinism(tmp_path):
         evaluate_dataset(model, tok, ds, "test")
     with pytest.raises(DataError, match="not found"):
         evaluate_dataset(model, tok, tmp_path / "missing")
+
+
+def test_shards_folder_scores_the_same_windows(tmp_path):
+    from fornalha.data.shards import tokenize_dataset
+
+    docs = ["the cat sat on the mat", "um gato leu um livro", "and then it slept"]
+    ds = write_dataset(tmp_path / "ds", {"train": docs, "val": docs})
+    tok = CharTokenizer("".join(docs))
+    tok.save(tmp_path / "tok")
+    tokenize_dataset(ds, tmp_path / "tok", tmp_path / "shards", progress=False)
+    model = tiny_gpt(tok.vocab_size, block_size=16)
+    from_shards = evaluate_dataset(model, tok, tmp_path / "shards", "val")
+    n_ids = sum(len(d) + 1 for d in docs)  # the loader keeps whole windows of 16 targets only
+    assert from_shards.tokens == (n_ids - 1) // 16 * 16
+    from_text = evaluate_dataset(model, tok, ds, "val", max_tokens=from_shards.tokens)
+    assert from_shards.loss == pytest.approx(from_text.loss, rel=1e-6)
+    assert from_shards.bpb == pytest.approx(from_text.bpb, rel=1e-6)

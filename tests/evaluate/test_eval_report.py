@@ -105,10 +105,19 @@ def test_report_has_every_section_and_a_valid_embedded_plot(tmp_path):
         json.dumps(
             {
                 "sources": {
-                    "machado.txt": {"docs_in": 10, "docs_out": 8, "bytes_in": 1000, "bytes_out": 900}
+                    "machado.txt": {
+                        "docs_in": 10,
+                        "bytes_in": 1000,
+                        "docs_out": 8,
+                        "bytes_out": 900,
+                        "dropped": {"too short": 1},
+                        "skipped": {"binary": 1},
+                    }
                 },
-                "dropped": {"too short": 2},
+                "splits": {"train": {"documents": 7, "bytes": 800}, "val": {"documents": 1, "bytes": 100}},
+                "reasons": {"dropped: too short": 1, "skipped: binary": 1},
                 "seconds": 1.5,
+                "future_table": {"a": {"x": 1}},
             }
         )
     )
@@ -121,7 +130,10 @@ def test_report_has_every_section_and_a_valid_embedded_plot(tmp_path):
     for sid in ("summary", "data", "tokenizer", "loss", "overfitting", "evaluation", "samples", "config"):
         assert f'<section id="{sid}">' in page
     assert "overfitting from step 300" in page
-    assert "machado.txt" in page and "too short" in page and "docs_out" in page
+    assert "machado.txt" in page and "dropped: too short" in page and "docs_out" in page
+    assert (
+        "90.0 %" in page and "<h3>Splits</h3>" in page and "future_table" in page
+    )  # bytes kept; unknown keys
     assert "bits per byte (val)" in page and "1.7500" in page and "27.0 % ± 4.4" in page and "25 %" in page
     assert "island_effects" in page and "merges" in page
     assert "bytes per token (eval text)" in page  # 4000 bytes / 1000 tokens
@@ -145,6 +157,18 @@ def test_report_embeds_the_runs_own_plot_and_reads_eval_json(tmp_path):
     page = write_report(run, out_html=tmp_path / "elsewhere" / "r.html").read_text()
     assert embedded_pngs(page) == [(run / "plots" / "loss.png").read_bytes()]
     assert "from plots/loss.png" in page and "from eval.json" in page and "12.18" in page
+
+
+def test_report_takes_the_last_samples_written_by_training(tmp_path):
+    run = make_run_dir(tmp_path)
+    lines = [
+        {"step": 100, "text": "early sample"},
+        {"step": 200, "text": "late one"},
+        {"step": 200, "text": "late two"},
+    ]
+    (run / "samples.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    page = write_report(run).read_text()
+    assert "late one" in page and "late two" in page and "early sample" not in page
 
 
 def test_report_of_a_bare_run_and_missing_run(tmp_path):

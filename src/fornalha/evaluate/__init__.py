@@ -9,7 +9,7 @@
 pipeline call, and its result is what RUN_DIR/eval.json holds::
 
     {"format": "fornalha-eval", "version": 1, "run", "checkpoint", "step", "created", "elapsed_s",
-     "loss": {loss, ppl, bpb, tokens, bytes, nats, byte_nats, bytes_per_token, source, split} | null,
+     "loss": {loss, ppl, bpb, tokens, bytes, nats, bytes_per_token, source, split} | null,
      "multiple_choice": {"hellaswag": {n, correct, accuracy, stderr, chance, acc_norm, …},
                          "blimp": {…, groups: {phenomenon: {n, accuracy}}}},
      "samples": [{"prompt", "text"}]}

@@ -13,9 +13,9 @@ Three numbers describe how well a language model predicts held-out text:
       bpb = sum of nats over the scored target tokens / (ln 2 · their UTF-8 bytes)
 
   ``ln 2`` turns nats into bits. The bytes of each target token come from
-  ``tokenizer.token_bytes()``; special tokens such as ``<|bos|>`` have 0 bytes and are left out
-  of both sums (as nanochat does), so bpb measures the text alone. The loss still counts them,
-  as training does.
+  ``tokenizer.token_bytes()``. Special tokens such as ``<|bos|>`` have 0 bytes: predicting a
+  document boundary adds nats but no bytes, exactly as in training's validation (so the bpb here
+  equals the run's ``val_bpb`` on the same windows, and errs on the pessimistic side).
 
 Long texts are scored in windows of the model's context length ``seq_len``. With a ``stride``
 smaller than ``seq_len`` the windows overlap and each token is predicted with more context; every
@@ -53,9 +53,9 @@ LN2 = math.log(2.0)
 class LossResult:
     """What `evaluate_*` returns. All sums are over the scored target tokens.
 
-    tokens: scored target tokens; nats: their summed negative log-likelihood;
-    bytes: UTF-8 bytes of those targets (0 for specials); byte_nats: nats of the targets that have
-    bytes (the numerator of bpb). bpb is None when the byte lengths are unknown.
+    tokens: scored target tokens; nats: their summed negative log-likelihood (the numerator of
+    bpb); bytes: UTF-8 bytes of those targets (0 for specials). bpb is None when the byte lengths
+    are unknown.
     """
 
     loss: float
@@ -64,7 +64,6 @@ class LossResult:
     tokens: int
     nats: float
     bytes: int
-    byte_nats: float
     source: str | None = None
     split: str | None = None
 
@@ -96,7 +95,6 @@ class _Accumulator:
         self.tokens = 0
         self.nats = 0.0
         self.bytes = 0
-        self.byte_nats = 0.0
 
     def add(self, nll: torch.Tensor, targets: torch.Tensor) -> None:
         """nll: per-token losses [B, T]; targets [B, T] with -1 where nothing is scored."""
@@ -109,13 +107,12 @@ class _Accumulator:
             tb = self.token_bytes[targets.cpu().clamp(min=0)]
             tb = torch.where(mask, tb, torch.zeros_like(tb))
             self.bytes += int(tb.sum())
-            self.byte_nats += float(nll[tb > 0].sum())
 
     def result(self, source: str | None = None, split: str | None = None) -> LossResult:
         if self.tokens == 0:
             raise DataError(f"nothing to evaluate: no target tokens in {source or 'the input'}")
         loss = self.nats / self.tokens
-        bpb = bits_per_byte(self.byte_nats, self.bytes) if self.bytes > 0 else None
+        bpb = bits_per_byte(self.nats, self.bytes) if self.bytes > 0 else None
         return LossResult(
             loss=loss,
             ppl=math.exp(min(loss, 700.0)),
@@ -123,7 +120,6 @@ class _Accumulator:
             tokens=self.tokens,
             nats=self.nats,
             bytes=self.bytes,
-            byte_nats=self.byte_nats,
             source=source,
             split=split,
         )

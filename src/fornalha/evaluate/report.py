@@ -243,30 +243,89 @@ def dict_table(d: dict[str, Any]) -> dict[str, Any]:
     return {"columns": ["", "value"], "rows": [[k, fmt(v)] for k, v in d.items()]}
 
 
-def data_sections(dataset_dir: str | Path | None) -> list[dict[str, Any]]:
-    """Tables for the data report: per-source counts, drop reasons, totals and splits.
+_SKIP_KEYS = {
+    "out_dir",
+    "cache_key",
+    "notes",
+    "config",
+    "format",
+    "version",
+    "created",
+    "shards",
+    "fingerprint",
+}
 
-    The data stage writes report.json and manifest.json; this reads them generically: every
-    mapping of names to records becomes a table, scalars go into a "totals" table.
+
+def _drop_keys(d: dict[str, Any]) -> dict[str, Any]:
+    """A record without bookkeeping fields (shard lists, hashes) that make tables unreadable."""
+    return {k: v for k, v in d.items() if k not in _SKIP_KEYS}
+
+
+def data_sections(dataset_dir: str | Path | None) -> list[dict[str, Any]]:
+    """Tables for the data report, from DATASET_DIR/report.json and manifest.json.
+
+    Per source: documents and bytes in and out, the share of bytes kept, documents dropped;
+    then documents dropped per reason, the splits, PII replacements and totals. Keys this does
+    not know are shown generically (a mapping of records becomes a table), so a newer report
+    format still shows up.
     """
     if dataset_dir is None:
         return []
     dataset_dir = Path(dataset_dir)
-    out = []
-    for name in ("report.json", "manifest.json"):
-        obj = _read_json(dataset_dir / name)
-        if not isinstance(obj, dict):
-            continue
-        scalars = {k: v for k, v in obj.items() if not isinstance(v, (dict, list))}
-        for key, value in obj.items():
-            if isinstance(value, dict) and value:
-                out.append({"title": f"{name}: {key}", **dict_table(value)})
-            elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
-                label = next((k for k in ("name", "source", "spec", "path") if k in value[0]), None)
-                as_map = {str(v.get(label, i)) if label else str(i): v for i, v in enumerate(value)}
-                out.append({"title": f"{name}: {key}", **dict_table(as_map)})
-        if scalars:
-            out.append({"title": f"{name}: totals", **dict_table(scalars)})
+    report = _read_json(dataset_dir / "report.json")
+    manifest = _read_json(dataset_dir / "manifest.json")
+    report = report if isinstance(report, dict) else {}
+    manifest = manifest if isinstance(manifest, dict) else {}
+    out: list[dict[str, Any]] = []
+
+    sources = report.get("sources")
+    if isinstance(sources, dict) and sources:
+        rows = {}
+        for name, st in sources.items():
+            if not isinstance(st, dict):
+                continue
+            row = {k: st.get(k) for k in ("docs_in", "docs_out", "bytes_in", "bytes_out")}
+            if _num(st.get("bytes_in")) and _num(st.get("bytes_out")) is not None:
+                row["bytes kept"] = f"{100 * st['bytes_out'] / st['bytes_in']:.1f} %"
+            dropped = [v for key in ("dropped", "skipped") for v in (st.get(key) or {}).values()]
+            row["docs dropped"] = sum(v for v in dropped if isinstance(v, int))
+            rows[name] = row
+        out.append({"title": "Sources", **dict_table(rows)})
+    reasons = report.get("reasons")
+    if isinstance(reasons, dict):
+        title = "Documents dropped, per reason"
+        out.append(
+            {"title": title, **dict_table(reasons)}
+            if reasons
+            else {"title": title, "columns": [], "rows": []}
+        )
+    splits = report.get("splits") or manifest.get("splits")
+    if isinstance(splits, dict) and splits:
+        out.append(
+            {
+                "title": "Splits",
+                **dict_table({k: _drop_keys(v) if isinstance(v, dict) else v for k, v in splits.items()}),
+            }
+        )
+    if isinstance(manifest.get("counts"), dict):
+        out.append({"title": "Totals", **dict_table(manifest["counts"])})
+    if isinstance(report.get("pii_replaced"), dict) and report["pii_replaced"]:
+        out.append({"title": "Personal data replaced", **dict_table(report["pii_replaced"])})
+    if isinstance(manifest.get("sources"), list) and manifest["sources"]:
+        specs = {
+            str(s.get("spec", i)): _drop_keys(s)
+            for i, s in enumerate(manifest["sources"])
+            if isinstance(s, dict)
+        }
+        out.append({"title": "Source specifications", **dict_table(specs)})
+
+    known = {"sources", "reasons", "splits", "pii_replaced"}
+    scalars = {k: v for k, v in report.items() if not isinstance(v, (dict, list)) and k not in _SKIP_KEYS}
+    for key, value in report.items():  # anything else the data stage reports
+        if key not in known and key not in _SKIP_KEYS and isinstance(value, dict) and value:
+            out.append({"title": key, **dict_table(value)})
+    if scalars:
+        out.append({"title": "Preparation", **dict_table(scalars)})
     return out
 
 
@@ -349,8 +408,22 @@ def _normalise_samples(samples: Any) -> list[dict[str, str]]:
     return out
 
 
-def _samples_from_metrics(records: list[dict[str, Any]]) -> list[dict[str, str]]:
-    """The samples of the last evaluation that logged any (key "samples" in metrics.jsonl)."""
+def _samples_from_run(run_dir: Path, records: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """The samples of the last evaluation that wrote any: RUN_DIR/samples.jsonl ({step, text}
+    per line, appended at each evaluation by training), else a "samples" key in metrics.jsonl."""
+    path = run_dir / "samples.jsonl"
+    if path.is_file():
+        rows = []
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(obj, dict) and "text" in obj:
+                rows.append(obj)
+        if rows:
+            last = rows[-1].get("step")
+            return _normalise_samples([r for r in rows if r.get("step") == last])
     for r in reversed(records):
         if r.get("samples"):
             return _normalise_samples(r["samples"])
@@ -374,7 +447,8 @@ def write_report(
 
     eval_results: the eval.json object (read from RUN_DIR/eval.json when None); samples: strings,
     {"prompt", "text"} dicts or (prompt, text) pairs (default: those in eval.json, else the
-    last ones logged in metrics.jsonl); tokenizer_stats: extra tokenizer numbers to show.
+    last evaluation's in RUN_DIR/samples.jsonl); tokenizer_stats: extra tokenizer numbers to show;
+    dataset_dir: the prepared dataset, for the data report.
     """
     import jinja2
 
@@ -394,7 +468,7 @@ def write_report(
     plot_note = "from plots/loss.png" if png_path.is_file() else "drawn from metrics.jsonl"
 
     if samples is None:
-        samples = (eval_results or {}).get("samples") or _samples_from_metrics(records)
+        samples = (eval_results or {}).get("samples") or _samples_from_run(run_dir, records)
     config_text = None
     if (run_dir / "config.yaml").is_file():
         config_text = (run_dir / "config.yaml").read_text(encoding="utf-8", errors="replace")
