@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fornalha.errors import DataError
 from fornalha.tokenizer import SPECIAL_TOKENS, CharTokenizer, load_tokenizer
@@ -39,6 +41,17 @@ def test_round_trip(tok: CharTokenizer, text: str) -> None:
     assert len(ids) == len(text)
     assert tok.decode(ids) == text
     assert tok.decode_bytes(ids) == text.encode("utf-8")
+
+
+SHAKESPEARE_CHARS = sorted(set((SHARED / "tinyshakespeare.txt").read_text(encoding="utf-8")))
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.text(alphabet=st.sampled_from(SHAKESPEARE_CHARS)))
+def test_round_trip_any_text_of_the_alphabet(sample: str) -> None:
+    tok = CharTokenizer(SHAKESPEARE_CHARS)
+    ids = tok.encode(sample, strict=True)
+    assert tok.decode(ids) == sample and len(ids) == len(sample)
 
 
 def test_unknown_characters(tok: CharTokenizer) -> None:

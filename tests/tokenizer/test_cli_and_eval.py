@@ -79,6 +79,15 @@ def test_train_encode_decode_eval(dataset: Path, books: list[str], tmp_path: Pat
     assert code == 0 and "bytes/token" in out and "byte fallback" in out
 
 
+def test_gpt4_pattern(dataset: Path, tmp_path: Path, capsys) -> None:
+    from fornalha.tokenizer.bpe import GPT4_SPLIT_PATTERN
+
+    args = ["tokenizer", "train", "--data", str(dataset), "--vocab-size", "300", "--pattern", "gpt4"]
+    code, _, _ = run([*args, "--max-bytes", "100000", "--out", str(tmp_path)], capsys)
+    tok = load_tokenizer(tmp_path)
+    assert code == 0 and tok.pattern == GPT4_SPLIT_PATTERN
+
+
 def test_char_kind(dataset: Path, tmp_path: Path, capsys) -> None:
     code, _, _ = run(
         [
@@ -107,6 +116,7 @@ def test_char_kind(dataset: Path, tmp_path: Path, capsys) -> None:
             ["tokenizer", "train", "--data", "{ds}", "--kind", "wordpiece", "--out", "{tmp}"],
             "unknown tokenizer kind",
         ),
+        (["tokenizer", "train", "--data", "{ds}", "--pattern", "(unclosed", "--out", "{tmp}"], "valid regex"),
         (["tokenizer", "encode", "--tokenizer", "/nonexistent", "--text", "a"], "not found"),
         (["tokenizer", "encode", "--tokenizer", "{tmp}"], "exactly one of"),
         (["tokenizer", "encode", "--tokenizer", "{tmp}", "--text", "a"], "not a tokenizer folder"),

@@ -33,17 +33,33 @@ def train(
         int | None, typer.Option("--max-bytes", help="Train on at most this many bytes of text.")
     ] = None,
     split: Annotated[str, typer.Option("--split", help="Dataset split to train on.")] = "train",
+    pattern: Annotated[
+        str,
+        typer.Option(
+            "--pattern", help="BPE split regex: gpt4-2digit (GPT-4's, digit runs <= 2), gpt4, or a regex."
+        ),
+    ] = "gpt4-2digit",
 ) -> None:
     """Train a tokenizer and save it (tokenizer.json, tokenizer_config.json, fornalha_tokenizer.json).
 
     Example: fornalha tokenizer train --data data/pt --vocab-size 4096 --out tok/pt
     """
-    from fornalha.tokenizer import train_tokenizer
+    import regex
 
+    from fornalha.tokenizer import train_tokenizer
+    from fornalha.tokenizer.bpe import PATTERNS
+
+    regex_pattern = PATTERNS.get(pattern, pattern)
+    try:
+        regex.compile(regex_pattern)
+    except regex.error as exc:
+        raise ConfigError(f"--pattern is neither {' nor '.join(PATTERNS)} nor a valid regex: {exc}") from exc
     if max_bytes is not None and max_bytes <= 0:
         raise ConfigError(f"--max-bytes must be positive, got {max_bytes}")
     stats: dict = {}
-    tokenizer = train_tokenizer(data, vocab_size, kind=kind, max_bytes=max_bytes, split=split, stats=stats)
+    tokenizer = train_tokenizer(
+        data, vocab_size, kind=kind, max_bytes=max_bytes, split=split, stats=stats, pattern=regex_pattern
+    )
     tokenizer.save(out)
     mb = stats["bytes"] / 1e6
     console.print(

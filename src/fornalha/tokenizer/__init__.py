@@ -98,11 +98,13 @@ def train_tokenizer(
     max_bytes: int | None = None,
     split: str = "train",
     stats: dict[str, Any] | None = None,
+    pattern: str = SPLIT_PATTERN,
 ) -> BPETokenizer | CharTokenizer:
     """Train a tokenizer on a prepared dataset folder's ``split`` (see `fornalha data prepare`).
 
     ``kind="char"`` ignores ``vocab_size`` and reads the train *and* val splits (like nanoGPT,
-    so validation has no unknown characters). If ``stats`` is given it receives the documents
+    so validation has no unknown characters). ``pattern`` is the BPE split regex (see `bpe.py`).
+    If ``stats`` is given it receives the documents
     and bytes read and the seconds taken.
     """
     from fornalha.data.shards import iter_texts
@@ -125,7 +127,7 @@ def train_tokenizer(
     start = time.perf_counter()
     tokenizer: BPETokenizer | CharTokenizer
     if kind == "bpe":
-        tokenizer = train_bpe(counted(iter_texts(dataset_dir, split)), vocab_size)
+        tokenizer = train_bpe(counted(iter_texts(dataset_dir, split)), vocab_size, pattern=pattern)
     else:
         tokenizer = CharTokenizer.train(counted(train_then_val()))
     if stats is not None:

@@ -48,11 +48,13 @@ SPLIT_PATTERN = (
     r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,2}| ?[^\s\p{L}\p{N}]++[\r\n]*"""
     r"""|\s*[\r\n]|\s+(?!\S)|\s+"""
 )
-#: The original GPT-4 (cl100k_base) pattern, for reference or `--pattern gpt4`.
+#: The original GPT-4 (cl100k_base) pattern (`fornalha tokenizer train --pattern gpt4`).
 GPT4_SPLIT_PATTERN = (
     r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*"""
     r"""|\s*[\r\n]|\s+(?!\S)|\s+"""
 )
+#: Named patterns for the CLI's ``--pattern``.
+PATTERNS = {"gpt4-2digit": SPLIT_PATTERN, "gpt4": GPT4_SPLIT_PATTERN}
 N_SPECIAL = len(SPECIAL_TOKENS)
 MIN_VOCAB_SIZE = N_SPECIAL + 256
 
@@ -81,8 +83,13 @@ def _to_hf_string(token: bytes) -> str:
     return "".join(table[b] for b in token)
 
 
+@cache
+def _unicode_to_bytes() -> dict[str, int]:
+    return {c: b for b, c in bytes_to_unicode().items()}
+
+
 def _from_hf_string(token: str) -> bytes:
-    inverse = {c: b for b, c in bytes_to_unicode().items()}
+    inverse = _unicode_to_bytes()
     return bytes(inverse[c] for c in token)
 
 
