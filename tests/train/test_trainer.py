@@ -1,0 +1,184 @@
+"""The training loop end to end on TinyShakespeare (character level, tiny models, few steps)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from fornalha.checkpoint import latest_checkpoint, load_checkpoint, load_model
+from fornalha.errors import ConfigError
+from fornalha.train.config import load_config
+from fornalha.train.trainer import train
+
+TINY = [
+    "model.n_layer=2",
+    "model.n_head=2",
+    "model.n_embd=64",
+    "model.block_size=64",
+    "model.mlp=relu2",
+    "train.batch_size=8",
+    "train.dtype=float32",
+    "train.progress=false",
+    "train.samples=1",
+    "train.sample_tokens=20",
+    "train.eval_batches=4",
+    "train.log_interval=5",
+]
+
+
+def cfg_for(data, *extra):
+    return load_config(overrides=[*TINY, f"data.path={data}", *extra])
+
+
+def test_loss_falls_on_tinyshakespeare(shakespeare_shards, tmp_path):
+    cfg = cfg_for(
+        shakespeare_shards,
+        "train.max_steps=200",
+        "train.eval_interval=100",
+        "train.optimizer=muon",
+        "train.lr=3e-3",
+        "train.schedule=wsd",
+    )
+    summary = train(cfg, tmp_path / "run")
+    run = tmp_path / "run"
+    assert summary["status"] == "completed" and summary["steps"] == 200
+    # uniform over 65 characters is ln 65 = 4.17 nats; a tiny model learns letters and spaces fast
+    assert summary["best_val_loss"] < 2.6, summary
+    assert summary["best_val_bpb"] == pytest.approx(
+        summary["best_val_loss"] / math.log(2), rel=1e-6
+    )  # 1 byte/char
+    # the run folder holds everything later stages need
+    for name in (
+        "config.yaml",
+        "metrics.jsonl",
+        "summary.json",
+        "plots/loss.png",
+        "tokenizer/tokenizer.json",
+    ):
+        assert (run / name).is_file(), name
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    train_rows = [r for r in rows if r["kind"] == "train"]
+    assert train_rows[-1]["train_loss"] < train_rows[0]["train_loss"] - 1.0
+    keys = {
+        "step",
+        "tokens",
+        "train_loss",
+        "val_loss",
+        "val_bpb",
+        "lr",
+        "grad_norm",
+        "tokens_per_s",
+        "mfu",
+        "elapsed_s",
+    }
+    assert keys <= set(rows[0])
+    evals = [r for r in rows if r["kind"] == "eval"]
+    assert [r["step"] for r in evals] == [100, 200] and "gap" in evals[0]
+    assert (run / "samples.jsonl").read_text().count("\n") == 2
+    # the best checkpoint loads as a model, and step checkpoints are pruned to keep_checkpoints
+    model, meta = load_model(run, which="best")
+    assert meta["step"] == summary["best_step"] and meta["val_bpb"] == pytest.approx(summary["best_val_bpb"])
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best", "step-000100", "step-000200"]
+
+
+def test_early_stopping_fires_when_overfitting(tmp_path, shakespeare_text):
+    """A big-for-its-data model on 3 kB of text memorises it; validation loss turns up and patience ends the run."""
+    from train_fixtures import make_char_shards
+
+    shards = make_char_shards(shakespeare_text[:3300], tmp_path / "data")
+    cfg = load_config(
+        overrides=[
+            *TINY,
+            f"data.path={shards}",
+            "model.block_size=32",
+            "model.n_embd=128",
+            "model.n_head=4",
+            "train.max_steps=400",
+            "train.eval_interval=10",
+            "train.patience=2",
+            "train.optimizer=adamw",
+            "train.lr=1e-2",
+            "train.weight_decay=0.0",
+            "train.schedule=constant",
+            "train.warmup=0",
+            "train.samples=0",
+            "train.eval_batches=2",
+        ]
+    )
+    summary = train(cfg, tmp_path / "run")
+    assert summary["status"] == "early_stopped", summary
+    assert summary["steps"] < 400 and summary["best_step"] <= summary["steps"] - 20
+    assert summary["overfitting_steps"], "the overfitting warning should have fired"
+    assert summary["final_val_loss"] > summary["best_val_loss"]
+    _, meta = load_checkpoint(tmp_path / "run" / "checkpoints" / "best")
+    assert meta["step"] == summary["best_step"]
+
+
+def test_corrupt_newest_checkpoint_falls_back(small_shards, tmp_path):
+    run = tmp_path / "run"
+    cfg = cfg_for(small_shards, "train.max_steps=20", "train.eval_interval=10", "train.keep_checkpoints=3")
+    train(cfg, run)
+    newest = run / "checkpoints" / "step-000020" / "model.safetensors"
+    data = newest.read_bytes()
+    newest.write_bytes(data[: len(data) // 2])  # truncated, as by a full disk
+    with pytest.warns(UserWarning, match="step-000020.*does not match its sha256"):
+        assert latest_checkpoint(run / "checkpoints").name == "step-000010"
+    more = cfg_for(small_shards, "train.max_steps=30", "train.eval_interval=10", "train.keep_checkpoints=3")
+    with pytest.warns(UserWarning, match="falling back"):
+        summary = train(more, run, resume=True)
+    assert summary["steps"] == 30
+
+
+def test_existing_run_needs_resume(small_shards, tmp_path):
+    cfg = cfg_for(small_shards, "train.max_steps=5", "train.eval_interval=5", "train.samples=0")
+    train(cfg, tmp_path / "run")
+    with pytest.raises(ConfigError, match="--resume"):
+        train(cfg, tmp_path / "run")
+
+
+@pytest.mark.parametrize("backend", ["tensorboard", "wandb"])
+def test_missing_logger_is_a_clear_error(small_shards, tmp_path, backend):
+    if _installed(backend):
+        pytest.skip(f"{backend} is installed here")
+    cfg = cfg_for(small_shards, "train.max_steps=2", f"train.log=[{backend}]")
+    with pytest.raises(ConfigError, match=f"{backend}.*not installed.*pip install"):
+        train(cfg, tmp_path / "run")
+
+
+def _installed(name: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None
+
+
+def test_init_from_and_grad_accum(small_shards, tmp_path):
+    """Fine-tuning starts from a checkpoint's weights; tokens_per_step turns into grad_accum."""
+    base = cfg_for(small_shards, "train.max_steps=10", "train.eval_interval=10", "train.samples=0")
+    first = train(base, tmp_path / "base")
+    tuned = cfg_for(
+        small_shards,
+        "train.max_steps=4",
+        "train.eval_interval=2",
+        "train.samples=0",
+        "train.tokens_per_step=1024",  # 2 micro-batches of 8 × 64
+        f"train.init_from={tmp_path / 'base'}",
+        "model.n_layer=5",  # ignored: the architecture comes from the checkpoint
+    )
+    summary = train(tuned, tmp_path / "tuned")
+    assert summary["tokens_seen"] == 4 * 1024
+    assert summary["best_val_loss"] < first["best_val_loss"] + 0.05
+    _, meta = load_checkpoint(tmp_path / "tuned" / "checkpoints" / "best")
+    assert meta["model_config"]["n_layer"] == 2 and meta["lineage"]["parent"].endswith("best")
+
+
+def test_time_budget_ends_the_run(small_shards, tmp_path):
+    cfg = cfg_for(
+        small_shards, "train.time_budget_minutes=0.05", "train.samples=0", "train.evals_per_budget=2"
+    )
+    summary = train(cfg, tmp_path / "run")
+    assert summary["status"] == "time_budget"
+    assert 3.0 <= summary["wall_time_s"] < 3.0 + 10
+    assert torch.isfinite(torch.tensor(summary["best_val_loss"]))
