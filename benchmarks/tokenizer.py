@@ -10,6 +10,8 @@ excluded), about 31.6 MB; one file = one document. Vocabulary: 4,096 tokens.
   `encode_batch` on the saved `tokenizer.json`; the three must give identical ids (checked).
 * The pure-Python reference encoder on the first ~300 KB, for scale.
 
+Ratios are fornalha / peer (above 1: fornalha is faster), by wall clock and by CPU time.
+
 fornalha and its closest peer (rustbpe, tiktoken) run interleaved, best of ``--repeats``
 (default 3); HF runs once. Prints a table; the last line is a JSON object.
 
@@ -42,13 +44,25 @@ def stdlib_texts() -> list[str]:
     return texts
 
 
-def best_of(repeats: int, fn: Callable[[], object]) -> tuple[float, object]:
-    best, result = float("inf"), None
-    for _ in range(repeats):
-        start = time.perf_counter()
+class Timings:
+    """Best (lowest) wall-clock and CPU time per named run.
+
+    CPU time (`time.process_time`, all threads of this process) is reported next to wall time
+    because a shared machine's other work inflates wall time unevenly between runs; CPU seconds
+    per MB measure the work itself.
+    """
+
+    def __init__(self) -> None:
+        self.wall: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
+
+    def run(self, name: str, fn: Callable[[], object]) -> object:
+        wall, cpu = time.perf_counter(), time.process_time()
         result = fn()
-        best = min(best, time.perf_counter() - start)
-    return best, result
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        self.wall[name] = min(self.wall.get(name, float("inf")), wall)
+        self.cpu[name] = min(self.cpu.get(name, float("inf")), cpu)
+        return result
 
 
 def main() -> None:
@@ -101,16 +115,21 @@ def main() -> None:
         hf.train_from_iterator(texts, trainer=trainer)
         return hf
 
-    # interleaved, so both see the same machine load; best of the repeats
-    t_rust = t_ours = float("inf")
+    # fornalha and its peer run interleaved, alternating who goes first, so both see the same
+    # machine load; the best of the repeats counts. HF runs once (it is far slower).
+    timings = Timings()
+    tok = None
     for repeat in range(args.repeats):
-        if repeat % 2:  # alternate who goes first
-            t_rust = min(t_rust, best_of(1, train_rustbpe)[0])
-        seconds, tok = best_of(1, lambda: train_bpe(texts, args.vocab_size))
-        t_ours = min(t_ours, seconds)
-        if not repeat % 2:
-            t_rust = min(t_rust, best_of(1, train_rustbpe)[0])
-    t_hf, _ = best_of(1, train_hf)
+        runs = [
+            ("train fornalha", lambda: train_bpe(texts, args.vocab_size)),
+            ("train rustbpe", train_rustbpe),
+        ]
+        for name, fn in runs[:: 1 if repeat % 2 else -1]:
+            result = timings.run(name, fn)
+            if name == "train fornalha":
+                tok = result
+    timings.run("train hf", train_hf)
+    assert tok is not None
 
     # -- encoding -----------------------------------------------------------------------------
     with tempfile.TemporaryDirectory() as tmp:
@@ -124,20 +143,18 @@ def main() -> None:
         mergeable_ranks=tok.ranks,
         special_tokens={t: i for i, t in enumerate(SPECIAL_TOKENS)},
     )
-    e_ours = e_tik = float("inf")
+    ids: dict[str, list[list[int]]] = {}
     for repeat in range(args.repeats):
-        runs = [("ours", lambda: tok.encode_batch(texts, num_threads=args.threads))]
-        runs.append(("tiktoken", lambda: enc.encode_ordinary_batch(texts, num_threads=args.threads)))
-        for name, fn in runs[:: 1 if repeat % 2 else -1]:  # alternate who goes first
-            seconds, ids = best_of(1, fn)
-            if name == "ours":
-                e_ours, ids_ours = min(e_ours, seconds), ids
-            else:
-                e_tik, ids_tik = min(e_tik, seconds), ids
-    e_hf, hf_out = best_of(1, lambda: hf.encode_batch(texts, add_special_tokens=False))
-    ids_hf = [e.ids for e in hf_out]
-    identical = ids_ours == ids_tik == ids_hf
-    n_tokens = sum(map(len, ids_ours))
+        runs = [
+            ("encode fornalha", lambda: tok.encode_batch(texts, num_threads=args.threads)),
+            ("encode tiktoken", lambda: enc.encode_ordinary_batch(texts, num_threads=args.threads)),
+        ]
+        for name, fn in runs[:: 1 if repeat % 2 else -1]:
+            ids[name] = timings.run(name, fn)
+    hf_out = timings.run("encode hf", lambda: hf.encode_batch(texts, add_special_tokens=False))
+    ids["encode hf"] = [e.ids for e in hf_out]
+    identical = ids["encode fornalha"] == ids["encode tiktoken"] == ids["encode hf"]
+    n_tokens = sum(map(len, ids["encode fornalha"]))
 
     sample, size = [], 0
     for t in texts:
@@ -146,28 +163,38 @@ def main() -> None:
         if size > 300_000:
             break
     ref = ReferenceBPE(tok.ranks, tok.pattern)
-    e_ref, ids_ref = best_of(1, lambda: [ref.encode(t) for t in sample])
-    ref_identical = ids_ref == ids_ours[: len(sample)]
+    ids_ref = timings.run("encode reference", lambda: [ref.encode(t) for t in sample])
+    ref_identical = ids_ref == ids["encode fornalha"][: len(sample)]
 
+    def rates(clock: dict[str, float]) -> dict[str, dict[str, float]]:
+        return {
+            "train": {
+                "fornalha": round(mb / clock["train fornalha"], 2),
+                "rustbpe": round(mb / clock["train rustbpe"], 2),
+                "hf_tokenizers": round(mb / clock["train hf"], 2),
+            },
+            "encode": {
+                "fornalha": round(mb / clock["encode fornalha"], 2),
+                "tiktoken": round(mb / clock["encode tiktoken"], 2),
+                "hf_encode_batch": round(mb / clock["encode hf"], 2),
+                "reference_python": round(size / 1e6 / clock["encode reference"], 3),
+            },
+        }
+
+    wall, cpu = rates(timings.wall), rates(timings.cpu)
     figures = {
         "corpus_mb": round(mb, 2),
         "documents": len(texts),
         "vocab_size": args.vocab_size,
         "threads": args.threads,
+        "repeats": args.repeats,
         "cpu_count": os.cpu_count(),
         "python": platform.python_version(),
-        "load_avg_1min": round(os.getloadavg()[0], 2),  # other work on the machine slows every figure
-        "train_mb_s": {
-            "fornalha": round(mb / t_ours, 2),
-            "rustbpe": round(mb / t_rust, 2),
-            "hf_tokenizers": round(mb / t_hf, 2),
-        },
-        "encode_mb_s": {
-            "fornalha": round(mb / e_ours, 2),
-            "tiktoken": round(mb / e_tik, 2),
-            "hf_encode_batch": round(mb / e_hf, 2),
-            "reference_python": round(size / 1e6 / e_ref, 3),
-        },
+        "load_avg_1min": round(os.getloadavg()[0], 2),  # other work on the machine slows wall times
+        "train_mb_s": wall["train"],
+        "encode_mb_s": wall["encode"],
+        "train_mb_per_cpu_s": cpu["train"],
+        "encode_mb_per_cpu_s": cpu["encode"],
         "save_s": round(t_save, 3),
         "tokens": n_tokens,
         "bytes_per_token": round(mb * 1e6 / n_tokens, 3),
@@ -176,17 +203,20 @@ def main() -> None:
     }
 
     table = Table(title=f"stdlib .py ({mb:.1f} MB), vocab {args.vocab_size}, best of {args.repeats}")
-    for column in ("measure", "fornalha MB/s", "peer", "peer MB/s", "fornalha / peer"):
+    for column in ("measure", "peer", "fornalha MB/s", "peer MB/s", "ratio", "ratio, CPU time"):
         table.add_column(column, justify="left" if column in ("measure", "peer") else "right")
-    train, encode = figures["train_mb_s"], figures["encode_mb_s"]
-    for measure, ours, peer, theirs in (
-        ("train", train["fornalha"], "rustbpe", train["rustbpe"]),
-        ("train", train["fornalha"], "HF BpeTrainer", train["hf_tokenizers"]),
-        (f"encode ({args.threads} threads)", encode["fornalha"], "tiktoken", encode["tiktoken"]),
-        ("encode", encode["fornalha"], "HF encode_batch", encode["hf_encode_batch"]),
-        ("encode", encode["fornalha"], "reference (pure Python)", encode["reference_python"]),
+    for stage, key, peer, label in (
+        ("train", "rustbpe", "rustbpe", "train"),
+        ("train", "hf_tokenizers", "HF BpeTrainer", "train"),
+        ("encode", "tiktoken", "tiktoken", f"encode ({args.threads} threads)"),
+        ("encode", "hf_encode_batch", "HF encode_batch", "encode"),
+        ("encode", "reference_python", "reference (pure Python)", "encode"),
     ):
-        table.add_row(measure, f"{ours:.2f}", peer, f"{theirs:.3g}", f"{ours / theirs:.2f}x")
+        ours, theirs = wall[stage]["fornalha"], wall[stage][key]
+        cpu_ratio = cpu[stage]["fornalha"] / cpu[stage][key]
+        table.add_row(
+            label, peer, f"{ours:.2f}", f"{theirs:.3g}", f"{ours / theirs:.2f}x", f"{cpu_ratio:.2f}x"
+        )
     console.print(table)
     console.print(
         f"{n_tokens:,} tokens ({figures['bytes_per_token']} bytes/token); identical ids fornalha = tiktoken = HF: "

@@ -143,9 +143,12 @@ def test_errors(setup: tuple[Path, Path], tmp_path: Path) -> None:
         tokenize_dataset(dataset, tmp_path / "nope", tmp_path / "o", progress=False)
     with pytest.raises(DataError, match="no token shards"):
         read_index(tmp_path)
-    (tmp_path / "empty" / "val").mkdir(parents=True)
-    with pytest.raises(DataError, match="train"):
-        tokenize_dataset(tmp_path / "empty", tok_dir, tmp_path / "o", progress=False)
+    write_dataset(tmp_path / "val_only", {"val": ["a document"]})
+    with pytest.raises(DataError, match="no train split"):
+        tokenize_dataset(tmp_path / "val_only", tok_dir, tmp_path / "o", progress=False)
+    (tmp_path / "not_a_dataset").mkdir()
+    with pytest.raises(DataError, match="not a prepared dataset"):
+        tokenize_dataset(tmp_path / "not_a_dataset", tok_dir, tmp_path / "o", progress=False)
 
 
 def test_cli_data_tokenize(

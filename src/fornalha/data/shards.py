@@ -34,7 +34,7 @@ import struct
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 
@@ -50,44 +50,27 @@ _BATCH_BYTES = 4 << 20  # encode documents in batches of ~4 MB of text
 
 
 # -- reading documents ------------------------------------------------------------------------
-def _iter_jsonl_zst(dataset_dir: Path, split: str) -> Iterator[str]:
-    """Minimal reader of ``DATASET_DIR/<split>/*.jsonl[.zst]`` (one {"text": ...} per line)."""
-    import io
-
-    import zstandard
-
-    folder = dataset_dir / split
-    files = sorted(folder.glob("*.jsonl.zst")) + sorted(folder.glob("*.jsonl"))
-    if not files:
-        raise DataError(f"no documents for split {split!r} in {dataset_dir} (expected {folder}/*.jsonl.zst)")
-    for path in files:
-        with open(path, "rb") as raw:
-            stream: BinaryIO = raw
-            if path.suffix == ".zst":
-                stream = zstandard.ZstdDecompressor().stream_reader(raw)  # type: ignore[assignment]
-            for line in io.TextIOWrapper(stream, encoding="utf-8"):
-                if line.strip():
-                    yield json.loads(line)["text"]
-
-
 def iter_texts(dataset_dir: str | Path, split: str = "train") -> Iterator[str]:
-    """Stream the documents of one split of a prepared dataset folder.
+    """Stream the documents of one split of a prepared dataset folder (`fornalha.data.dataset`).
 
-    Uses `fornalha.data.dataset.iter_texts` (the data stage's reader) when available, else a
-    minimal reader of the same format. A missing folder or split is a `DataError`.
+    A missing folder or split is a `DataError` with a hint.
     """
+    from fornalha.data.dataset import iter_texts as dataset_iter_texts
+
     dataset_dir = Path(dataset_dir)
     if not dataset_dir.is_dir():
         raise DataError(f"dataset folder not found: {dataset_dir} (create it with `fornalha data prepare`)")
-    if not (dataset_dir / split).is_dir():
+    if split not in dataset_splits(dataset_dir):
         raise DataError(f"dataset {dataset_dir} has no {split!r} split")
-    try:
-        from fornalha.data.dataset import iter_texts as dataset_iter_texts
-    except ImportError:
-        dataset_iter_texts = None
-    if dataset_iter_texts is not None:
-        return iter(dataset_iter_texts(dataset_dir, split))
-    return _iter_jsonl_zst(dataset_dir, split)
+    return iter(dataset_iter_texts(dataset_dir, split))
+
+
+def dataset_splits(dataset_dir: str | Path) -> list[str]:
+    """The splits a prepared dataset has, in order (train first)."""
+    from fornalha.data.dataset import load_manifest
+
+    splits = load_manifest(dataset_dir).get("splits", {})
+    return [s for s in SPLITS if s in splits]
 
 
 def _sha256_files(paths: Iterable[Path], root: Path) -> str:
@@ -298,7 +281,7 @@ def tokenize_dataset(
             old["cached"] = True
             return old
 
-    splits = [s for s in SPLITS if (dataset_dir / s).is_dir()]
+    splits = dataset_splits(dataset_dir)
     if "train" not in splits:
         raise DataError(f"dataset {dataset_dir} has no train split")
     out_dir.mkdir(parents=True, exist_ok=True)

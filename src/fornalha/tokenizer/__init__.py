@@ -107,7 +107,7 @@ def train_tokenizer(
     If ``stats`` is given it receives the documents
     and bytes read and the seconds taken.
     """
-    from fornalha.data.shards import iter_texts
+    from fornalha.data.shards import dataset_splits, iter_texts
 
     if kind not in ("bpe", "char"):
         raise ConfigError(f"unknown tokenizer kind {kind!r}; expected 'bpe' or 'char'")
@@ -121,7 +121,7 @@ def train_tokenizer(
 
     def train_then_val() -> Iterator[str]:
         yield from iter_texts(dataset_dir, "train")
-        if (Path(dataset_dir) / "val").is_dir():
+        if "val" in dataset_splits(dataset_dir):
             yield from iter_texts(dataset_dir, "val")
 
     start = time.perf_counter()
