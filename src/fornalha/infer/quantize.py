@@ -22,6 +22,7 @@ measures both, and `loss_change` measures the quality cost on validation batches
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Iterable
 
 import torch
@@ -73,15 +74,18 @@ def quantize_model(model: nn.Module, method: str = "int8", include_head: bool = 
         raise ConfigError(f"unknown quantization method {method!r}; choose int8 or dynamic")
     q = copy.deepcopy(model).eval()
     if method == "dynamic":
-        from torch.ao.quantization import quantize_dynamic
+        with warnings.catch_warnings():  # torch.ao.quantization announces its move to torchao
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*")
+            from torch.ao.quantization import quantize_dynamic
 
-        if not include_head and hasattr(q, "lm_head"):
-            head = q.lm_head
-            q.lm_head = nn.Identity()
+            head = q.lm_head if not include_head and hasattr(q, "lm_head") else None
+            if head is not None:
+                q.lm_head = nn.Identity()
             q = quantize_dynamic(q, {nn.Linear}, dtype=torch.qint8)
-            q.lm_head = head
+            if head is not None:
+                q.lm_head = head
             return q
-        return quantize_dynamic(q, {nn.Linear}, dtype=torch.qint8)
 
     for parent in list(q.modules()):
         for name, child in list(parent.named_children()):
