@@ -67,8 +67,7 @@ def test_quantized_validation_loss_within_tolerance(trained, method):
     report = loss_change(model, val, method=method)
     assert report["loss"] < 4.0  # it learned something (uniform over 263 tokens would be 5.6)
     assert abs(report["relative"]) < LOSS_TOLERANCE, report
-    if method == "int8":
-        assert report["weight_bytes_quantized"] < 0.3 * report["weight_bytes"]
+    assert report["weight_bytes_quantized"] < 0.3 * report["weight_bytes"]
 
 
 def test_engine_decodes_a_quantized_model(trained):

@@ -102,6 +102,9 @@ def linear_weight_bytes(model: nn.Module) -> int:
             total += m.weight.numel() * m.weight.element_size()
         elif isinstance(m, Int8Linear):
             total += m.qweight.numel() + m.scale.numel() * m.scale.element_size()
+        elif callable(getattr(m, "weight", None)) and type(m).__name__ == "Linear":  # quantize_dynamic's
+            w = m.weight()
+            total += w.numel() * w.element_size() + 8  # int8 values + one scale and zero point
     return total
 
 
