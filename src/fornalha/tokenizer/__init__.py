@@ -34,6 +34,7 @@ __all__ = [
     "BPETokenizer",
     "CharTokenizer",
     "Tokenizer",
+    "find_tokenizer_dir",
     "load_tokenizer",
     "train_bpe",
     "train_tokenizer",
