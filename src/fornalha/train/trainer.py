@@ -433,11 +433,14 @@ def after_evaluation(
     state.interval_loss_sum, state.interval_loss_count = 0.0, 0
     gap = val_loss - train_loss  # generalization gap: how much worse on unseen text
 
-    # overfitting: validation got worse while training kept getting better
+    # overfitting: validation got worse (than last time, and clearly worse than the best) while
+    # training kept getting better. The 0.5% margin keeps evaluation noise from crying wolf.
     overfitting = (
         state.prev_val_loss is not None
         and state.prev_train_loss is not None
+        and state.best_val_loss is not None
         and val_loss > state.prev_val_loss
+        and val_loss > state.best_val_loss * 1.005
         and train_loss < state.prev_train_loss
     )
     if overfitting:
