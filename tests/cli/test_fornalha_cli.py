@@ -95,6 +95,7 @@ def test_pipeline_end_to_end(tmp_path: Path, shared_data: Path) -> None:
         "--set", "train.eval_batches=4",
         "--out", str(out),
         timeout=300,
+        env={"OMP_NUM_THREADS": "1"},  # one core per pytest-xdist worker
     )  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
     for name in ("dataset/report.json", "dataset/manifest.json", "tokenizer/tokenizer.json", "shards/index.json",
