@@ -7,7 +7,9 @@ measures, for each case:
                                        (a short prompt, then --new-tokens tokens per sequence)
     prefill tok/s                      prompt tokens / time to first token, for a --prefill-len prompt
     TTFT                               time to first token for the short prompt (batch 1)
-    peak memory                        peak RSS growth while the case runs (sampled every 2 ms)
+    peak memory                        peak RSS growth while the case generates (sampled every 2 ms),
+                                       and while it is built and run (case_mb: + KV cache,
+                                       quantized copy, or transformers' own copy of the weights)
 
 Cases: fornalha (the engine), fornalha-int8 (weight-only int8), fornalha-dynamic (torch dynamic
 int8), fornalha-compiled (torch.compile, static shapes; --no-compile skips), nocache (the same
@@ -234,12 +236,14 @@ def main() -> None:
             for name, build in cases.items():
                 n = args.nocache_tokens if name == "nocache" else args.new_tokens
                 t0 = time.perf_counter()
-                run = build()
                 try:
-                    figures = measure(run, vocab, n, args.prompt_len, args.prefill_len, args.repeat)
+                    with PeakRSS() as whole:  # building the case too: KV cache, quantized copy, HF model
+                        run = build()
+                        figures = measure(run, vocab, n, args.prompt_len, args.prefill_len, args.repeat)
                 except Exception as exc:  # one broken case should not lose the others
                     print(f"   {name}: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
                     continue
+                figures["case_mb"] = whole.delta_mb
                 print(f"   {name}: {figures} ({time.perf_counter() - t0:.0f}s)", file=sys.stderr)
                 table.append((size, name, figures))
                 for metric, value in figures.items():
@@ -252,11 +256,11 @@ def main() -> None:
                 "compiled": "fornalha_compiled", "nocache": "nocache", "hf": "hf"}  # fmt: skip
     for size, name, figures in table:
         if size == first:
-            for metric in ("b1_tok_s", "b8_tok_s", "prefill_tok_s", "ttft_ms", "peak_mb"):
+            for metric in ("b1_tok_s", "b8_tok_s", "prefill_tok_s", "ttft_ms", "peak_mb", "case_mb"):
                 results[f"{case_key[name]}_{metric}"] = round(figures[metric], 2)
 
     header = f"{'size':<6}{'case':<10}{'b1 tok/s':>10}{'b8 tok/s':>10}{'b8/b1':>7}{'prefill/s':>11}"
-    header += f"{'TTFT ms':>9}{'peak MB':>9}{'b1 vs hf':>10}{'b1 vs nocache':>15}"
+    header += f"{'TTFT ms':>9}{'peak MB':>9}{'case MB':>9}{'b1 vs hf':>10}{'b1 vs nocache':>15}"
     print(header)
     print("-" * len(header))
     for size, name, f in table:
@@ -265,7 +269,7 @@ def main() -> None:
         vs_nc = f"{f['b1_tok_s'] / ref['nocache']['b1_tok_s']:.2f}x" if "nocache" in ref else "-"
         print(
             f"{size:<6}{name:<10}{f['b1_tok_s']:>10.1f}{f['b8_tok_s']:>10.1f}{f['b8_tok_s'] / f['b1_tok_s']:>7.2f}"
-            f"{f['prefill_tok_s']:>11.0f}{f['ttft_ms']:>9.1f}{f['peak_mb']:>9.1f}{vs_hf:>10}{vs_nc:>15}"
+            f"{f['prefill_tok_s']:>11.0f}{f['ttft_ms']:>9.1f}{f['peak_mb']:>9.1f}{f['case_mb']:>9.1f}{vs_hf:>10}{vs_nc:>15}"
         )
     if "fornalha_b1_tok_s" in results and "hf_b1_tok_s" in results:
         results["fornalha_vs_hf_b1"] = round(results["fornalha_b1_tok_s"] / results["hf_b1_tok_s"], 2)

@@ -373,7 +373,9 @@ class Engine:
                 self.cache.pos[torch.tensor([s.slot for s in seqs], device=self.device)] += 1
         out = self.sampler.sample(logits)
         self._tokens[:B] = out.tokens
-        self.sampler.observe(out.tokens[[s.slot for s in seqs]], rows=[s.slot for s in seqs])
+        if self.sampler.seen is not None:  # penalty bookkeeping, only when some request uses it
+            slots = [s.slot for s in seqs]
+            self.sampler.observe(out.tokens[slots], rows=slots)
         self._emit(seqs, [s.slot for s in seqs], out, events)
 
     def _forward_without_cache(self, seqs: list[_Sequence], B: int) -> torch.Tensor:
