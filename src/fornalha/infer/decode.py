@@ -32,7 +32,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from fornalha.model.gpt import GPT, KVCache, RMSNorm
+from fornalha.model.gpt import GPT, MLP, KVCache, RMSNorm
 
 
 def _fast_call(module: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -47,11 +47,23 @@ def _fast_call(module: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
     return module
 
 
-def rotate_half(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Llama rotary on x [B, heads, D] with cos/sin [B, 1, D/2] (same math as `apply_rotary`)."""
+def _fast_mlp(mlp: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The MLP with functional calls inside (SwiGLU or ReLU², as `fornalha.model.gpt.MLP`);
+    any other module (an adapter, a variant) is called as it is."""
+    if type(mlp) is not MLP:
+        return mlp
+    up, down = _fast_call(mlp.up_proj), _fast_call(mlp.down_proj)
+    if mlp.gate_proj is not None:
+        gate = _fast_call(mlp.gate_proj)
+        return lambda x: down(F.silu(gate(x)) * up(x))
+    return lambda x: down(F.relu(up(x)).square())
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Llama rotary on x [B, heads, D] (same math as `apply_rotary`), with full-width tables
+    cos = [cos, cos] and sin = [-sin, sin] of shape [B, 1, D]: x·cos + swap_halves(x)·sin."""
     d = x.size(-1) // 2
-    x1, x2 = x[..., :d], x[..., d:]
-    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+    return x * cos + torch.cat((x[..., d:], x[..., :d]), dim=-1) * sin
 
 
 class Decoder:
@@ -88,7 +100,8 @@ class Decoder:
         """Re-read the model's modules (call after swapping layers, e.g. quantizing)."""
         m = self.model
         dtype = m.wte.weight.dtype
-        self.cos_table, self.sin_table = m.rope_cos.to(dtype), m.rope_sin.to(dtype)
+        cos, sin = m.rope_cos.to(dtype), m.rope_sin.to(dtype)
+        self.cos_table, self.sin_table = torch.cat((cos, cos), -1), torch.cat((-sin, sin), -1)
         self.layers = []
         for blk in m.blocks:
             a = blk.attn
@@ -100,7 +113,7 @@ class Decoder:
                     a.k_norm,
                     _fast_call(a.o_proj),
                     _fast_call(blk.mlp_norm),
-                    blk.mlp,
+                    _fast_mlp(blk.mlp),
                 )
             )
         self.norm_f, self.lm_head = _fast_call(m.norm_f), _fast_call(m.lm_head)
@@ -111,7 +124,7 @@ class Decoder:
         B, H, Hkv, G, D = n_rows, self.H, self.Hkv, self.G, self.D
         tokens, pos = tokens[:B], pos[:B]
         x = self.model.wte(tokens)  # [B, C]
-        cos, sin = self.cos_table[pos][:, None], self.sin_table[pos][:, None]  # [B, 1, D/2]
+        cos, sin = self.cos_table[pos][:, None], self.sin_table[pos][:, None]  # [B, 1, D]
         if same_pos is not None:
             bias = None
         else:
@@ -128,7 +141,7 @@ class Decoder:
             qk, v = h[:, : H + Hkv], h[:, H + Hkv :]
             if q_norm is not None:
                 qk = torch.cat((q_norm(qk[:, :H]), k_norm(qk[:, H:])), dim=1)
-            qk = rotate_half(qk, cos, sin)
+            qk = rotate(qk, cos, sin)
             q, k = qk[:, :H], qk[:, H:]
             kc, vc = self.cache.k[layer], self.cache.v[layer]  # [Bmax, Hkv, S, D]
             if same_pos is not None:
