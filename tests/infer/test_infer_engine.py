@@ -162,7 +162,25 @@ def test_stream_equals_final_text_with_multibyte(model, tok):
         p = SamplingParams(temperature=1.5, max_new_tokens=40, seed=seed, ignore_eos=True)
         pieces = list(engine.stream("héllo 😀", p))
         final = engine.generate(["héllo 😀"], p)[0].completions[0]
-        assert "".join(pieces) == final.text == tok.decode(final.token_ids)
+        text_ids = [t for t in final.token_ids if t >= 7]  # special tokens are not text
+        assert "".join(pieces) == final.text == tok.decode(text_ids)
+
+
+def test_special_tokens_are_left_out_of_the_text(model, tok):
+    engine = Engine(model, tok, max_batch_size=1)
+    prompt = [0, *tok.encode("hi")]
+    params = GREEDY.with_(max_new_tokens=40)
+    free = engine.generate([prompt], params)[0].completions[0]
+    # make some generated token "special" by giving the tokenizer that id as a special token
+    tok.special_ids = {**tok.special_ids, "<|x|>": free.token_ids[2]}
+    engine = Engine(model, tok, max_batch_size=1)
+    skipped = engine.generate([prompt], params)[0].completions[0]
+    kept = engine.generate([prompt], params.with_(skip_special_tokens=False))[0].completions[0]
+    assert skipped.token_ids == kept.token_ids == free.token_ids
+    special = set(tok.special_ids.values())
+    assert kept.text == tok.decode(free.token_ids)
+    assert skipped.text == tok.decode([t for t in free.token_ids if t not in special])
+    assert skipped.text != kept.text
 
 
 def test_logprobs(model, tok):

@@ -210,6 +210,7 @@ class Engine:
             if i is not None
         )
         self._bytes_cache: dict[int, bytes] = {}
+        self._special_ids = frozenset(getattr(tokenizer, "special_ids", {}).values())
 
     # ---- requests ---------------------------------------------------------------------------
     def add_request(
@@ -253,7 +254,9 @@ class Engine:
             prompt_ids=ids,
             params=params,
             generator=gen,
-            stream=TextStream(self._token_bytes, params.stop),
+            stream=TextStream(
+                self._text_bytes if params.skip_special_tokens else self._token_bytes, params.stop
+            ),
             stop_ids=stop_ids,
             logprobs=[] if params.logprobs is not None else None,
         )
@@ -431,6 +434,10 @@ class Engine:
         self.cache.pos[slot] = 0
         self.sampler.release(slot)
         self._finished[seq.id] = seq
+
+    def _text_bytes(self, token_id: int) -> bytes:
+        """A token's bytes as text: nothing for special tokens."""
+        return b"" if token_id in self._special_ids else self._token_bytes(token_id)
 
     def _token_bytes(self, token_id: int) -> bytes:
         b = self._bytes_cache.get(token_id)

@@ -50,6 +50,8 @@ class SamplingParams:
     stop: strings that end the generation; they are not part of the returned text.
     stop_token_ids: extra token ids that end the generation (the engine adds end-of-text and
         `<|end|>` unless ignore_eos).
+    skip_special_tokens: leave special tokens (`<|pad|>`, `<|user|>`, …) out of the text (their
+        ids stay in token_ids).
     logprobs: None for none, or how many top alternatives to report with each chosen token's
         log-probability (0 = only the chosen token). Log-probabilities are those of the model's
         raw distribution, before penalties, temperature and filters.
@@ -68,6 +70,7 @@ class SamplingParams:
     stop: list[str] = field(default_factory=list)
     stop_token_ids: list[int] = field(default_factory=list)
     ignore_eos: bool = False
+    skip_special_tokens: bool = True
     logprobs: int | None = None
 
     def __post_init__(self) -> None:
