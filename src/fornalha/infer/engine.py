@@ -206,6 +206,7 @@ class Engine:
             for i in (
                 getattr(tokenizer, "eos_id", None),
                 getattr(tokenizer, "special_ids", {}).get("<|end|>"),
+                *getattr(tokenizer, "stop_ids", list)(),  # a foreign tokenizer's own (HFTokenizer)
             )
             if i is not None
         )
