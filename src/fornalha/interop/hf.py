@@ -90,6 +90,7 @@ TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
     "special_tokens_map.json",
+    "chat_template.jinja",
     "fornalha_tokenizer.json",
 )
 
@@ -387,8 +388,11 @@ def _export_tokenizer(tok_dir: Path, out: Path, block_size: int) -> dict[str, in
     return special
 
 
-def _tokenizer_report(tok_dir: Path) -> dict[str, Any]:
-    """What an imported tokenizer offers compared with a fornalha one."""
+def _tokenizer_report(tok_dir: Path, error: str | None = None) -> dict[str, Any]:
+    """What an imported tokenizer offers compared with a fornalha one.
+
+    ``error``: why a foreign tokenizer could not be read as kind "hf" (None when it could).
+    """
     report: dict[str, Any] = {"has_tokenizer_json": (tok_dir / "tokenizer.json").is_file()}
     if not report["has_tokenizer_json"]:
         report["note"] = "no tokenizer.json in the Hugging Face folder; add a tokenizer before using the run"
@@ -396,18 +400,30 @@ def _tokenizer_report(tok_dir: Path) -> dict[str, Any]:
     special = special_token_ids(_read_json(tok_dir / "tokenizer.json"))
     expected = {t: i for i, t in enumerate(FORNALHA_SPECIALS)}
     missing = [t for t in FORNALHA_SPECIALS if special.get(t) != expected[t]]
+    meta_path = tok_dir / "fornalha_tokenizer.json"
+    meta = _read_json(meta_path) if meta_path.is_file() else {}
     report["fornalha_special_tokens"] = not missing
     report["missing_special_tokens"] = missing
-    report["fornalha_tokenizer"] = (tok_dir / "fornalha_tokenizer.json").is_file()
-    if missing:
+    report["fornalha_tokenizer"] = meta.get("kind") in ("bpe", "char")
+    report["kind"] = meta.get("kind")
+    if meta.get("kind") == "hf":
+        report["chat_template"] = bool(meta.get("chat_template"))
+        report["stop_tokens"] = meta.get("stop_tokens", [])
+    if error is not None:
+        report["note"] = (
+            f"the tokenizer cannot be read ({error}); add a readable tokenizer before using the run"
+        )
+    elif meta.get("kind") == "hf" and not report["chat_template"]:
+        report["note"] = (
+            "the tokenizer lacks fornalha's special tokens and has no chat template of its own, so "
+            "fornalha's chat template does not apply and `fornalha chat` will not work (a base model); "
+            'generation and evaluation use the model\'s own tokenizer (kind "hf")'
+        )
+    elif missing and meta.get("kind") != "hf":
         report["note"] = (
             "the tokenizer lacks fornalha's special tokens "
-            f"({', '.join(missing)} not at their reserved ids): fornalha's chat template does not apply, "
-            "so `fornalha chat` and chat fine-tuning need a fornalha tokenizer; plain generation and "
-            "evaluation use the tokenizer as it is"
+            f"({', '.join(missing)} not at their reserved ids): fornalha's chat template does not apply"
         )
-    elif not report["fornalha_tokenizer"]:
-        report["note"] = "no fornalha_tokenizer.json: a foreign tokenizer (fornalha's loader may not read it)"
     return report
 
 
@@ -646,13 +662,33 @@ def _load_hf_weights(model_dir: Path) -> tuple[dict[str, torch.Tensor], str]:
     )
 
 
+def _describe_foreign_tokenizer(tok_dir: Path, model_dir: Path) -> str | None:
+    """Write fornalha_tokenizer.json (kind "hf") for a foreign tokenizer, so `load_tokenizer` reads it
+    as `HFTokenizer` with the model's stop tokens (generation_config.json's eos ids); an exported
+    fornalha tokenizer (which brings its own fornalha_tokenizer.json) is left alone.
+
+    Returns why the tokenizer could not be read, or None.
+    """
+    from fornalha.tokenizer.hf import HFTokenizer, stop_ids_of_model
+
+    if (tok_dir / "fornalha_tokenizer.json").is_file() or not (tok_dir / "tokenizer.json").is_file():
+        return None
+    try:
+        HFTokenizer.load(tok_dir).with_stop_ids(stop_ids_of_model(model_dir)).save(tok_dir)
+    except FornalhaError as exc:
+        return str(exc)
+    return None
+
+
 def import_hf(model_dir: str | os.PathLike[str], out_run_dir: str | os.PathLike[str]) -> Path:
     """Turn a local Hugging Face Llama or Qwen3 folder into a fornalha run folder; returns it.
 
     The run gets checkpoints/best (float32 weights, lineage parent "hf:<dir>"), tokenizer/ (the
-    HF tokenizer files, plus fornalha_tokenizer.json when the folder came from `export hf`),
-    config.yaml (the model section of a run config) and import.json (what was imported and what the tokenizer
-    lacks: a tokenizer without fornalha's special tokens means no chat template).
+    HF tokenizer files, plus fornalha_tokenizer.json: the one an `export hf` folder carries, or for a
+    foreign tokenizer one of kind "hf" naming its stop tokens, which `load_tokenizer` reads as
+    `fornalha.tokenizer.HFTokenizer`), config.yaml (the model section of a run config) and
+    import.json (what was imported and what the tokenizer offers: a foreign tokenizer chats with
+    the model's own chat template, and one without a template cannot chat).
     """
     import yaml
 
@@ -683,7 +719,8 @@ def import_hf(model_dir: str | os.PathLike[str], out_run_dir: str | os.PathLike[
         for name in TOKENIZER_FILES:
             if (model_dir / name).is_file():
                 shutil.copyfile(model_dir / name, tok_out / name)
-        tokenizer = _tokenizer_report(tok_out)
+        error = _describe_foreign_tokenizer(tok_out, model_dir)
+        tokenizer = _tokenizer_report(tok_out, error)
         report = {
             "format": "fornalha-hf-import",
             "version": 1,

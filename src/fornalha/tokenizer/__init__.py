@@ -9,6 +9,8 @@
 Every tokenizer follows the `Tokenizer` protocol below and reserves the special tokens of
 `chat.py` at ids 0..6. See `bpe.py` (the fast path), `reference.py` (a readable encoder giving
 the same ids), `char.py` (nanoGPT-style characters), `evaluate.py` (bytes per token).
+`hf.py` reads foreign Hugging Face tokenizers (kind "hf", e.g. of a model brought in with
+`fornalha import hf`) behind the same protocol, with the model's own special tokens and chat template.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from fornalha.errors import ConfigError, FornalhaError
 from fornalha.tokenizer.bpe import SPLIT_PATTERN, BPETokenizer, limit_bytes, train_bpe
 from fornalha.tokenizer.char import CharTokenizer
 from fornalha.tokenizer.chat import SPECIAL_IDS, SPECIAL_TOKENS
+from fornalha.tokenizer.hf import HFTokenizer
 
 __all__ = [
     "SPECIAL_IDS",
@@ -33,6 +36,7 @@ __all__ = [
     "SPLIT_PATTERN",
     "BPETokenizer",
     "CharTokenizer",
+    "HFTokenizer",
     "Tokenizer",
     "find_tokenizer_dir",
     "load_tokenizer",
@@ -64,22 +68,32 @@ class Tokenizer(Protocol):
 
 
 def find_tokenizer_dir(path: str | os.PathLike[str]) -> Path:
-    """The tokenizer folder at ``path``, or at ``path/tokenizer`` (a run or shards folder)."""
+    """The tokenizer folder at ``path``, or at ``path/tokenizer`` (a run or shards folder).
+
+    A folder with ``fornalha_tokenizer.json`` is preferred; failing that, one with a Hugging Face
+    ``tokenizer.json`` (a foreign tokenizer, loaded as `HFTokenizer`).
+    """
     path = Path(path)
-    for candidate in (path, path / "tokenizer"):
-        if (candidate / "fornalha_tokenizer.json").is_file():
-            return candidate
+    for marker in ("fornalha_tokenizer.json", "tokenizer.json"):
+        for candidate in (path, path / "tokenizer"):
+            if (candidate / marker).is_file():
+                return candidate
     if not path.exists():
         raise FornalhaError(f"tokenizer not found: {path} does not exist")
     raise FornalhaError(
-        f"{path} is not a tokenizer folder (no fornalha_tokenizer.json in it or in {path / 'tokenizer'}); "
-        "create one with `fornalha tokenizer train`"
+        f"{path} is not a tokenizer folder (no fornalha_tokenizer.json or tokenizer.json in it or in "
+        f"{path / 'tokenizer'}); create one with `fornalha tokenizer train`"
     )
 
 
-def load_tokenizer(path: str | os.PathLike[str]) -> BPETokenizer | CharTokenizer:
-    """Load a saved tokenizer from its folder, or from a run/shards folder containing `tokenizer/`."""
+def load_tokenizer(path: str | os.PathLike[str]) -> BPETokenizer | CharTokenizer | HFTokenizer:
+    """Load a saved tokenizer from its folder, or from a run/shards folder containing `tokenizer/`.
+
+    A Hugging Face folder without ``fornalha_tokenizer.json`` loads as `HFTokenizer` (kind "hf").
+    """
     directory = find_tokenizer_dir(path)
+    if not (directory / "fornalha_tokenizer.json").is_file():
+        return HFTokenizer.load(directory)
     try:
         meta = json.loads((directory / "fornalha_tokenizer.json").read_text())
     except (OSError, ValueError) as exc:
@@ -89,6 +103,8 @@ def load_tokenizer(path: str | os.PathLike[str]) -> BPETokenizer | CharTokenizer
         return BPETokenizer.load(directory)
     if kind == "char":
         return CharTokenizer.load(directory)
+    if kind == "hf":
+        return HFTokenizer.load(directory)
     raise FornalhaError(f"unknown tokenizer kind {kind!r} in {directory / 'fornalha_tokenizer.json'}")
 
 
