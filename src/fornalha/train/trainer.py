@@ -503,11 +503,10 @@ def show_samples(model: GPT, tokenizer, cfg: RunConfig, step: int, run_dir: Path
         torch.manual_seed(t.seed + step)
         out = model.generate(idx, t.sample_tokens, temperature=t.sample_temperature, top_k=200)
     model.train(was_training)
+    specials = set(tokenizer.special_ids.values())
     with open(run_dir / "samples.jsonl", "a") as f:
         for row in out.tolist():
-            text = t.sample_prompt + tokenizer.decode(
-                [i for i in row[len(prompt) :] if i >= len(tokenizer.special_ids)]
-            )
+            text = t.sample_prompt + tokenizer.decode([i for i in row[len(prompt) :] if i not in specials])
             f.write(json.dumps({"step": step, "text": text}) + "\n")
             say(f"[dim]sample:[/] {text[:300]!r}")
 
