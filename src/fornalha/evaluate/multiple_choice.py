@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -221,6 +221,24 @@ def _groups(keys: list[str], correct: list[bool]) -> dict[str, dict[str, float]]
     return {k: {"n": n, "accuracy": c / n} for k, (n, c) in sorted(tally.items())}
 
 
+def _examples(
+    examples: Sequence[dict[str, Any]] | str | Path,
+    limit: int | None,
+    load: Callable[[str | Path, int | None], list[dict[str, Any]]],
+    task: str,
+) -> tuple[Sequence[dict[str, Any]], str | None]:
+    """(examples, source path or None): read a JSONL path with ``load`` or take ``limit`` of a list."""
+    source = None
+    if isinstance(examples, (str, Path)):
+        source = str(examples)
+        examples = load(examples, limit)
+    elif limit is not None:
+        examples = spread(examples, limit)
+    if not examples:
+        raise DataError(f"no {task} examples to evaluate")
+    return examples, source
+
+
 def evaluate_hellaswag(
     model: torch.nn.Module,
     tokenizer: Any,
@@ -230,14 +248,7 @@ def evaluate_hellaswag(
     batch_size: int = 32,
 ) -> MCResult:
     """Zero-shot HellaSwag accuracy (acc and acc_norm). ``examples`` may be a JSONL path."""
-    source = None
-    if isinstance(examples, (str, Path)):
-        source = str(examples)
-        examples = load_hellaswag(examples, limit)
-    elif limit is not None:
-        examples = spread(examples, limit)
-    if not examples:
-        raise DataError("no HellaSwag examples to evaluate")
+    examples, source = _examples(examples, limit, load_hellaswag, "HellaSwag")
     requests, conts = [], []
     for ex in examples:
         for ending in ex["endings"]:
@@ -280,14 +291,7 @@ def evaluate_blimp(
     batch_size: int = 32,
 ) -> MCResult:
     """BLiMP accuracy: how often the good sentence gets the strictly higher total log-prob."""
-    source = None
-    if isinstance(examples, (str, Path)):
-        source = str(examples)
-        examples = load_blimp(examples, limit)
-    elif limit is not None:
-        examples = spread(examples, limit)
-    if not examples:
-        raise DataError("no BLiMP examples to evaluate")
+    examples, source = _examples(examples, limit, load_blimp, "BLiMP")
     requests = []
     for ex in examples:
         for sentence in (ex["sentence_good"], ex["sentence_bad"]):

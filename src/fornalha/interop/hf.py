@@ -56,6 +56,7 @@ import torch
 
 from fornalha.errors import CheckpointError, FornalhaError
 from fornalha.model import ModelConfig
+from fornalha.tokenizer.chat import CHAT_TEMPLATE
 
 #: The special tokens fornalha tokenizers reserve, in id order (see DESIGN.md section 2).
 FORNALHA_SPECIALS = (
@@ -69,19 +70,6 @@ FORNALHA_SPECIALS = (
 )
 BOS, EOS, PAD, END = "<|bos|>", "<|endoftext|>", "<|pad|>", "<|end|>"
 ROLE_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>", "<|end|>")
-
-#: Jinja chat template (same as `fornalha.tokenizer.chat.CHAT_TEMPLATE`), used when the run's
-#: tokenizer_config.json carries none.
-CHAT_TEMPLATE = (
-    "{{ bos_token }}"
-    "{% for message in messages %}"
-    "{% if message['role'] not in ['system', 'user', 'assistant'] %}"
-    "{{ raise_exception('unknown chat role: ' + message['role']) }}"
-    "{% endif %}"
-    "{{ '<|' + message['role'] + '|>' + message['content'] + '<|end|>' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
-)
 
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM"}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
