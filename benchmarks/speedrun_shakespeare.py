@@ -4,7 +4,8 @@
     python benchmarks/speedrun_shakespeare.py --recipe best         # our best recipe, any shape
 
 Every run measures, in this order and on this machine:
-  1. the matrix-multiply peak (fp32 and bf16), the denominator of MFU;
+  1. the matrix-multiply peak (fp32 and bf16), the denominator of MFU (re-measured after each
+     training run; the highest value counts, since other load can only lower it);
   2. the BASELINE: a faithful nanoGPT (GPT-2 block: LayerNorm without bias, learned positions, GELU,
      tied head) trained as its README's CPU command does (4 layers, 4 heads, width 128, context 64,
      batch 12, 2000 iterations, AdamW 1e-3, warmup 100, cosine to 1e-4, clip 1.0, evaluation every 250);
@@ -358,6 +359,8 @@ def run_recipe(r: Recipe, train, val, vocab_size, peak: dict, time_limit: float,
 
     timed = step_times[5:] if len(step_times) > 10 else step_times
     tok_s = B * T / statistics.median(timed)
+    for key, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):  # best seen: load only lowers it
+        peak[key] = max(peak[key], matmul_peak(dtype))
     peak_flops = peak["bf16"] if r.autocast else peak["fp32"]
     mfu = flops_tok * tok_s / peak_flops
     xs_full, ys_full = val_windows(val, T, 1.0)
@@ -375,6 +378,8 @@ def run_recipe(r: Recipe, train, val, vocab_size, peak: dict, time_limit: float,
         best_val_loss=full_val,
         best_val_loss_subset=min(h[2] for h in history),
         mfu=mfu,
+        achieved_flops=flops_tok * tok_s,
+        peak_key="bf16" if r.autocast else "fp32",
         steps=step,
         wall_s=wall,
     )
@@ -415,6 +420,9 @@ def main(argv: list[str] | None = None) -> None:
         base = run_recipe(BASELINE, train, val, vocab_size, peak, time_limit=args.time_limit)
     ours = run_recipe(recipe, train, val, vocab_size, peak, time_limit=args.time_limit)
 
+    for res in (base, ours):  # MFU against the highest peak measured during the whole run
+        if res is not None:
+            res["mfu"] = res["achieved_flops"] / peak[res["peak_key"]]
     result = dict(
         recipe=args.recipe, **{k: ours[k] for k in ("tokens_per_s", "time_to_target_s", "best_val_loss")}
     )
@@ -427,8 +435,13 @@ def main(argv: list[str] | None = None) -> None:
         result["baseline_best_val_loss"] = base["best_val_loss"]
         result["baseline_mfu"] = base["mfu"]
         result["tokens_per_s_ratio"] = ours["tokens_per_s"] / base["tokens_per_s"]
+        result["baseline_wall_s"] = base["wall_s"]
         both = ours["time_to_target_s"] is not None and base["time_to_target_s"] is not None
         result["time_to_target_ratio"] = ours["time_to_target_s"] / base["time_to_target_s"] if both else None
+        if ours["time_to_target_s"] is not None and base["time_to_target_s"] is None:
+            # nanoGPT did not reach the target within its 2000 steps (its README's 1.88 comes from a
+            # noisy 20-batch estimate): its time to target exceeds its whole run, so this is an upper bound
+            result["time_to_target_ratio_upper_bound"] = ours["time_to_target_s"] / base["wall_s"]
     result["peak_fp32_flops"], result["peak_bf16_flops"] = peak["fp32"], peak["bf16"]
     result["threads"] = torch.get_num_threads()
     result["load_average_1min"] = os.getloadavg()[0]  # > threads: other processes skewed the timings
