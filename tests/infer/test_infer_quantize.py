@@ -8,11 +8,23 @@ from infer_helpers import ByteTokenizer, tiny_config
 from test_infer_engine import reference_greedy
 
 from fornalha.infer import Engine, SamplingParams
-from fornalha.infer.quantize import Int8Linear, linear_weight_bytes, loss_change, quantize_model
+from fornalha.infer.decode import decode_loss
+from fornalha.infer.quantize import (
+    DECODE_WEIGHTS,
+    Int8Linear,
+    fbgemm_available,
+    linear_weight_bytes,
+    loss_change,
+    quantize_model,
+)
 from fornalha.model import GPT
 
 #: The stated tolerance: int8 weights may raise the validation loss by at most 1 % (relative).
 LOSS_TOLERANCE = 0.01
+#: fp16 decode weights (the engine's default on x86 CPUs): at most 0.1 % relative loss change.
+FP16_LOSS_TOLERANCE = 0.001
+
+needs_fbgemm = pytest.mark.skipif(not fbgemm_available(), reason="fbgemm kernels (x86 CPU) needed")
 
 TEXT = (
     "It is a truth universally acknowledged, that a single man in possession of a good fortune, "
@@ -81,3 +93,66 @@ def test_engine_decodes_a_quantized_model(trained):
     )
     for r in res:
         assert r.completions[0].token_ids == reference_greedy(qmodel, r.prompt_token_ids, 12)
+
+
+@needs_fbgemm
+@pytest.mark.parametrize("weights", DECODE_WEIGHTS)
+def test_decode_weights_validation_loss_within_tolerance(trained, weights):
+    """The decode step's own logits (teacher-forced through the cache) with packed weights."""
+    model, val = trained
+    exact = decode_loss(model, val[:3], None)
+    torch.testing.assert_close(exact, sum(_forward_loss(model, x, y) for x, y in val[:3]) / _count(val[:3]))
+    packed = decode_loss(model, val[:3], weights)
+    tolerance = FP16_LOSS_TOLERANCE if weights == "fp16" else LOSS_TOLERANCE
+    assert abs(packed - exact) / exact < tolerance, (weights, exact, packed)
+
+
+def _forward_loss(model, x, y) -> float:
+    with torch.no_grad():
+        return float(model(x, y, loss_reduction="sum")[1])
+
+
+def _count(batches) -> int:
+    return sum(int((y != -1).sum()) for _, y in batches)
+
+
+@needs_fbgemm
+def test_default_engine_uses_fp16_and_matches_float32_greedy(trained):
+    """On a trained model (no near-ties among the top logits) fp16 decode weights change no
+    greedy token, batched or not, and the logits stay within 1e-3 of float32."""
+    model, _ = trained
+    tok = ByteTokenizer()
+    engine = Engine(model, tok, max_batch_size=2)
+    assert engine.decode_weights == "fp16"
+    params = SamplingParams(temperature=0, max_new_tokens=16, ignore_eos=True)
+    prompts = ["It is a truth", "the minds"]
+    fast = engine.generate(prompts, params)
+    exact = Engine(model, tok, max_batch_size=2, decode_weights=None).generate(prompts, params)
+    for a, b in zip(fast, exact, strict=True):
+        assert a.completions[0].token_ids == b.completions[0].token_ids
+        assert a.completions[0].token_ids == reference_greedy(model, a.prompt_token_ids, 16)
+    x = torch.tensor([tok.encode("It is a truth universally")])
+    with torch.no_grad():
+        want = model(x)[0][0]
+    from fornalha.infer.decode import Decoder
+    from fornalha.model.gpt import KVCache
+
+    cache = KVCache.allocate(model.config, 1, x.size(1))
+    dec, pos = Decoder(model, cache, "fp16"), torch.zeros(1, dtype=torch.long)
+    with torch.no_grad():
+        for t in range(x.size(1)):
+            got = dec(x[:, t], pos, 1, t + 1, same_pos=t)[0]
+            pos += 1
+            torch.testing.assert_close(got, want[t], atol=1e-3, rtol=0)
+
+
+@needs_fbgemm
+def test_int8_decode_weights_run_a_quantized_model_through_the_fused_kernel(trained):
+    model, _ = trained
+    tok = ByteTokenizer()
+    qmodel = quantize_model(model, "int8")
+    params = SamplingParams(temperature=0, max_new_tokens=12, ignore_eos=True)
+    a = Engine(qmodel, tok, max_batch_size=2, decode_weights="int8").generate(["It is a truth"], params)
+    b = Engine(model, tok, max_batch_size=2, decode_weights="int8").generate(["It is a truth"], params)
+    assert a[0].completions[0].token_ids == b[0].completions[0].token_ids
+    assert len(a[0].completions[0].token_ids) == 12

@@ -15,7 +15,12 @@ sub-modules (the tests check it gives the same logits as `GPT.forward`):
 * grouped-query attention needs no `repeat_interleave`: the G query heads that share a key/value
   head are laid out as G "query rows" of that head ([B, Hkv, G, D]), so one batched matmul serves them;
 * q and k are rotated together (one set of rotary ops per layer), and plain `nn.Linear` / `RMSNorm`
-  modules are called through their functional form (fewer Python frames per op).
+  modules are called through their functional form (fewer Python frames per op);
+* with `weights` ("fp16", "int8", "dynamic"; see `fornalha.infer.quantize`) the Linear layers run
+  from a packed copy of their weights made once here — a matrix-vector product is bound by reading
+  the weights, so fewer bytes per weight is most of the decode step's speed on a CPU — and the
+  SwiGLU gate and up projections become one matmul (their weights concatenated); an `Int8Linear`
+  of a quantized model runs through the fused int8 kernel.
 
 For `torch.compile` the same function runs with static shapes: always the full batch of slots and
 the full cache length, with a mask instead of slicing, so one compiled graph (a CUDA graph with
@@ -32,14 +37,20 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from fornalha.infer.quantize import Int8Linear, int8pack_linear, pack_linear
 from fornalha.model.gpt import GPT, MLP, KVCache, RMSNorm
 
 
-def _fast_call(module: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
-    """A cheaper callable with the module's exact math: functional forms for the plain layers,
-    the module itself otherwise (a quantized `Int8Linear`, a LoRA wrapper, …)."""
+def _fast_call(module: nn.Module, weights: str | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A cheaper callable with the module's math: functional forms for the plain layers (a Linear
+    packed in `weights` when given), the fused kernel for an `Int8Linear`, the module itself
+    otherwise (a LoRA wrapper, …)."""
     if type(module) is nn.Linear and module.bias is None:
+        if weights is not None:
+            return pack_linear(module.weight, weights)
         return partial(F.linear, weight=module.weight)
+    if type(module) is Int8Linear and weights == "int8" and module.qweight.device.type == "cpu":
+        return int8pack_linear(module.qweight, module.scale)
     if type(module) is RMSNorm:
         return partial(
             F.rms_norm, normalized_shape=(module.weight.numel(),), weight=module.weight, eps=module.eps
@@ -47,16 +58,30 @@ def _fast_call(module: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
     return module
 
 
-def _fast_mlp(mlp: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+def _fast_mlp(mlp: nn.Module, weights: str | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
     """The MLP with functional calls inside (SwiGLU or ReLU², as `fornalha.model.gpt.MLP`);
     any other module (an adapter, a variant) is called as it is."""
     if type(mlp) is not MLP:
         return mlp
-    up, down = _fast_call(mlp.up_proj), _fast_call(mlp.down_proj)
-    if mlp.gate_proj is not None:
-        gate = _fast_call(mlp.gate_proj)
-        return lambda x: down(F.silu(gate(x)) * up(x))
-    return lambda x: down(F.relu(up(x)).square())
+    up, down = _fast_call(mlp.up_proj, weights), _fast_call(mlp.down_proj, weights)
+    if mlp.gate_proj is None:
+        return lambda x: down(F.relu(up(x)).square())
+    g, u = mlp.gate_proj, mlp.up_proj
+    hidden = u.out_features
+    gate_up = None
+    if weights is not None and type(g) is nn.Linear and type(u) is nn.Linear:  # packing copies anyway
+        gate_up = pack_linear(torch.cat((g.weight, u.weight)), weights)
+    elif weights == "int8" and type(g) is Int8Linear and type(u) is Int8Linear and g.qweight.is_cpu:
+        gate_up = int8pack_linear(torch.cat((g.qweight, u.qweight)), torch.cat((g.scale, u.scale)))
+    if gate_up is not None:
+
+        def fused(x: torch.Tensor) -> torch.Tensor:
+            h = gate_up(x)
+            return down(F.silu(h[..., :hidden]).mul_(h[..., hidden:]))
+
+        return fused
+    gate = _fast_call(g, weights)
+    return lambda x: down(F.silu(gate(x)) * up(x))
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -68,7 +93,8 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
 
 class Decoder:
     """Runs `model` one token per row against `cache` (which it reads and writes, but whose `pos`
-    it leaves to the caller: the engine decides which rows advance).
+    it leaves to the caller: the engine decides which rows advance). `weights`: run the Linear
+    layers in that packed format ("fp16", "int8", "dynamic"), or as they are (None).
 
     Call `decoder(tokens, pos, n_rows, kv_len, same_pos)`:
       tokens [≥n_rows] long — the last token of each row; pos [≥n_rows] long — where it goes;
@@ -78,9 +104,9 @@ class Decoder:
     Returns logits [n_rows, vocab] in float32.
     """
 
-    def __init__(self, model: GPT, cache: KVCache) -> None:
+    def __init__(self, model: GPT, cache: KVCache, weights: str | None = None) -> None:
         c = model.config
-        self.model, self.cache, self.config = model, cache, c
+        self.model, self.cache, self.config, self.weights = model, cache, c, weights
         self.H, self.Hkv, self.D = c.n_head, c.n_kv_head, c.head_dim
         self.G = self.H // self.Hkv
         self.scale = 1.0 / math.sqrt(self.D)
@@ -102,21 +128,22 @@ class Decoder:
         dtype = m.wte.weight.dtype
         cos, sin = m.rope_cos.to(dtype), m.rope_sin.to(dtype)
         self.cos_table, self.sin_table = torch.cat((cos, cos), -1), torch.cat((-sin, sin), -1)
+        w = self.weights
         self.layers = []
         for blk in m.blocks:
             a = blk.attn
             self.layers.append(
                 (
                     _fast_call(blk.attn_norm),
-                    _fast_call(a.qkv),
+                    _fast_call(a.qkv, w),
                     a.q_norm,
                     a.k_norm,
-                    _fast_call(a.o_proj),
+                    _fast_call(a.o_proj, w),
                     _fast_call(blk.mlp_norm),
-                    _fast_mlp(blk.mlp),
+                    _fast_mlp(blk.mlp, w),
                 )
             )
-        self.norm_f, self.lm_head = _fast_call(m.norm_f), _fast_call(m.lm_head)
+        self.norm_f, self.lm_head = _fast_call(m.norm_f), _fast_call(m.lm_head, w)
 
     def __call__(
         self, tokens: torch.Tensor, pos: torch.Tensor, n_rows: int, kv_len: int, same_pos: int | None = None
@@ -172,3 +199,24 @@ def static_decode_fn(decoder: Decoder) -> Callable[[torch.Tensor, torch.Tensor],
         return decoder(tokens, pos, B, S, same_pos=None)
 
     return step
+
+
+@torch.inference_mode()
+def decode_loss(
+    model: GPT, batches: list[tuple[torch.Tensor, torch.Tensor]], weights: str | None = None
+) -> float:
+    """Mean next-token cross-entropy of the *decode step* (weights in `weights`), fed the inputs
+    one position at a time through the KV cache (teacher forcing): the quality of exactly the
+    logits the engine samples from. With weights=None it equals `GPT.forward`'s loss."""
+    total, count = 0.0, 0
+    for x, y in batches:
+        B, T = x.shape
+        cache = KVCache.allocate(model.config, B, T, x.device, model.wte.weight.dtype)
+        dec = Decoder(model, cache, weights)
+        pos = torch.zeros(B, dtype=torch.long, device=x.device)
+        for t in range(T):
+            logits = dec(x[:, t], pos, B, t + 1, same_pos=t)
+            pos += 1
+            total += float(F.cross_entropy(logits, y[:, t], ignore_index=-1, reduction="sum"))
+            count += int((y[:, t] != -1).sum())
+    return total / count

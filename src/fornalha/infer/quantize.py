@@ -13,17 +13,26 @@ weight. Activations stay in float, so there is no calibration data to collect.
 `quantize_dynamic` is PyTorch's alternative for CPUs: int8 weights *and* activations quantized
 on the fly per batch, with fbgemm/qnnpack int8 matrix kernels.
 
-Whether int8 is *faster* depends on the hardware: decoding small models on a CPU is limited by
-per-operation overhead rather than memory bandwidth, so the win there is memory; on large models
-(bandwidth-bound decode) reading 1 byte instead of 4 per weight is the speed-up. The benchmark
-measures both, and `loss_change` measures the quality cost on validation batches.
+Decoding one token per row is a matrix-*vector* product per layer, bound by reading the weights,
+so the decode step (`fornalha.infer.decode`) can run its Linear layers from a smaller copy of the
+weights, packed once when the engine is built (`pack_linear`; the model itself is untouched):
+
+    "fp16"     weights rounded to float16 (relative error ≤ 2⁻¹¹ per weight), activations and
+               accumulation in float32 — fbgemm's fp16 GEMM (x86 CPUs). Nearly exact; the
+               engine's default on such CPUs.
+    "int8"     the int8 weights above through `aten._weight_int8pack_mm` (the fused kernel gpt-fast
+               uses on CPU): activations in bfloat16 inside the matmul, each row independent.
+    "dynamic"  fbgemm's dynamic int8 matmul: activations quantized per call (per *batch*, so a
+               row's result can depend slightly on the other rows).
+
+`loss_change` measures the quality cost of each on validation batches; the benchmark the speed.
 """
 
 from __future__ import annotations
 
 import copy
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn as nn
@@ -56,11 +65,61 @@ class Int8Linear(nn.Module):
         return self.qweight.to(self.scale.dtype) * self.scale[:, None]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Convert the int8 weight to x's dtype on the fly (memory holds int8), scale the outputs.
+        # (The decode step calls the fused kernel instead: `int8pack_linear`.) Convert the int8 weight to x's dtype on the fly (memory holds int8), scale the outputs.
         return F.linear(x, self.qweight.to(x.dtype)) * self.scale.to(x.dtype)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 per-channel"
+
+
+#: Weight formats the decode step can run its Linear layers in (besides the model's own).
+DECODE_WEIGHTS = ("fp16", "int8", "dynamic")
+
+
+def fbgemm_available() -> bool:
+    """True where PyTorch's fbgemm kernels (x86 CPUs) back the fp16 and dynamic int8 matmuls."""
+    return "fbgemm" in torch.backends.quantized.supported_engines and hasattr(
+        torch.ops.quantized, "linear_prepack_fp16"
+    )
+
+
+def int8_weights(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-output-channel symmetric int8: (q [out, in] int8, scale [out] float32), W ≈ q·scale."""
+    w = weight.detach().float()
+    scale = w.abs().amax(dim=1).clamp(min=1e-12) / 127.0
+    return torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8), scale
+
+
+def int8pack_linear(q: torch.Tensor, scale: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """x -> x qᵀ · scale through the fused int8 weight-only kernel (bfloat16 activations inside)."""
+    q, s = q.contiguous(), scale.to(torch.bfloat16)
+    mm = torch.ops.aten._weight_int8pack_mm
+    return lambda x: mm(x.to(torch.bfloat16), q, s).to(x.dtype)
+
+
+def pack_linear(weight: torch.Tensor, method: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A bias-free linear layer x -> x Wᵀ in one of `DECODE_WEIGHTS` (float32 activations in and out)."""
+    if method == "int8":
+        return int8pack_linear(*int8_weights(weight))
+    if method not in ("fp16", "dynamic"):
+        raise ConfigError(f"unknown decode weight format {method!r}; choose one of {DECODE_WEIGHTS}")
+    if weight.device.type != "cpu" or not fbgemm_available():
+        raise ConfigError(f"{method!r} decode weights need PyTorch's fbgemm kernels (an x86 CPU)")
+    w = weight.detach().float().contiguous()
+    ops = torch.ops.quantized
+    if method == "fp16":
+        with warnings.catch_warnings():  # fbgemm warns when weights saturate float16 (|w| > 65504)
+            warnings.simplefilter("ignore")
+            packed = ops.linear_prepack_fp16(w, None)
+        return lambda x: ops.linear_dynamic_fp16(x, packed)
+    q, scale = int8_weights(w)
+    with warnings.catch_warnings():  # quantized tensors announce their move to torchao
+        warnings.simplefilter("ignore")
+        qw = torch._make_per_channel_quantized_tensor(
+            q, scale.double(), torch.zeros_like(scale, dtype=torch.long), 0
+        )
+        packed = ops.linear_prepack(qw, None)
+    return lambda x: ops.linear_dynamic(x, packed, True)
 
 
 def quantize_model(model: nn.Module, method: str = "int8", include_head: bool = True) -> nn.Module:
