@@ -11,21 +11,26 @@ measures, for each case:
                                        and while it is built and run (case_mb: + KV cache,
                                        quantized copy, or transformers' own copy of the weights)
 
-Cases: fornalha (the engine), fornalha-int8 (weight-only int8), fornalha-dynamic (torch dynamic
-int8), fornalha-compiled (torch.compile, static shapes; --no-compile skips), nocache (the same
-model, the whole sequence recomputed each step; --nocache-tokens new tokens only, since it is
-slow), hf (transformers `generate`, use_cache=True, on the folder `fornalha export hf` writes).
+Cases (see CASES): fornalha (the engine's default: fp16 decode weights on x86 CPUs), fp32 (the
+model's own float32 weights), bf16 (a bfloat16 copy of the model), int8 (fused int8 weight-only
+kernel), dynamic (fbgemm dynamic int8), compiled (torch.compile, static shapes; --no-compile
+skips), nocache (the whole sequence recomputed each step; --nocache-tokens new tokens only, since
+it is slow), hf (transformers `generate`, use_cache=True, on the folder `fornalha export hf`
+writes). All cases are built first, then measured interleaved (best of --repeat).
 
     .venv/bin/python benchmarks/inference.py                   # both sizes, all cases
     .venv/bin/python benchmarks/inference.py --sizes 10M --no-compile --new-tokens 100
 
-A table with ratios goes to stdout; the LAST line is one JSON object with every figure, keys
-`<case>_<size>_<metric>` plus the 10M headline keys `fornalha_b1_tok_s`, `hf_b1_tok_s`, ….
+A table with ratios and the target check (batch 1 ≥ 3× hf, batch 8 ≥ 4× batch 1) goes to stdout;
+the LAST line is one JSON object with every figure, keys `<case>_<size>_<metric>` plus the headline
+keys of the first size: `fornalha_b1_tok_s`, `fornalha_b8_tok_s`, `hf_b1_tok_s`, `hf_b8_tok_s`,
+`nocache_b1_tok_s`, `ratio_b1_vs_hf`, `ratio_b8_vs_b1`, `fornalha_int8_b1_tok_s`, ….
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import sys
@@ -39,7 +44,6 @@ import torch
 
 from fornalha.checkpoint import load_run, model_state_for_saving, save_checkpoint
 from fornalha.infer import Engine, SamplingParams
-from fornalha.infer.quantize import quantize_model
 from fornalha.model import GPT, ModelConfig
 
 SIZES = {
@@ -156,33 +160,69 @@ def hf_case(run_dir: Path, tmp: Path) -> Callable[[list[list[int]], int], None]:
     return run
 
 
-def measure(
-    run: Callable, vocab: int, new_tokens: int, prompt_len: int, prefill_len: int, repeat: int = 3
-) -> dict[str, float]:
-    """Throughput at batch 1 and 8, time to first token, prefill speed and peak memory of one case.
+#: Cases in table order: name -> (description, engine keyword arguments or a special builder).
+CASES = {
+    "fornalha": "the engine as configured by default (decode_weights='auto': fp16 on x86 CPUs)",
+    "fp32": "the engine with the model's own float32 weights (decode_weights=None)",
+    "bf16": "the engine on a bfloat16 copy of the model (dtype=torch.bfloat16)",
+    "int8": "int8 weights through the fused aten._weight_int8pack_mm (decode_weights='int8')",
+    "dynamic": "fbgemm dynamic int8, activations quantized per batch (decode_weights='dynamic')",
+    "compiled": "torch.compile of the static-shape decode step, float32 weights",
+    "nocache": "no KV cache: the whole sequence recomputed every step",
+    "hf": "transformers generate(use_cache=True) on the exported folder, float32",
+}
+JSON_NAME = {"fornalha": "fornalha", "fp32": "fornalha_fp32", "bf16": "fornalha_bf16", "int8": "fornalha_int8",
+             "dynamic": "fornalha_dynamic", "compiled": "fornalha_compiled", "nocache": "nocache", "hf": "hf"}  # fmt: skip
+METRICS = ("b1_tok_s", "b8_tok_s", "prefill_tok_s", "ttft_ms", "peak_mb", "case_mb")
 
-    Each timing is the best of `repeat` runs: on a shared machine the minimum is the figure least
-    disturbed by other processes."""
-    p1, p8 = prompts(1, prompt_len, vocab), prompts(8, prompt_len, vocab, seed=1)
-    long = prompts(1, prefill_len, vocab, seed=2)
-    run(p1, 4)  # warm-up: first-call costs (allocator, kernels, compilation) are not the steady state
-    run(p8, 4)
 
-    def best(batch: list[list[int]], n: int) -> float:
-        times = []
-        for _ in range(repeat):
-            t = time.perf_counter()
-            run(batch, n)
-            times.append(time.perf_counter() - t)
-        return min(times)
+def builders(model: GPT, tok, run_dir: Path, tmp: Path) -> dict[str, Callable[[], Callable]]:
+    return {
+        "fornalha": lambda: fornalha_case(model, tok, 8),
+        "fp32": lambda: fornalha_case(model, tok, 8, decode_weights=None),
+        "bf16": lambda: fornalha_case(copy.deepcopy(model), tok, 8, dtype=torch.bfloat16),
+        "int8": lambda: fornalha_case(model, tok, 8, decode_weights="int8"),
+        "dynamic": lambda: fornalha_case(model, tok, 8, decode_weights="dynamic"),
+        "compiled": lambda: fornalha_case(model, tok, 8, compile=True),
+        "nocache": lambda: fornalha_case(model, tok, 8, use_cache=False),
+        "hf": lambda: hf_case(run_dir, tmp),
+    }
 
-    out: dict[str, float] = {}
-    with PeakRSS() as mem:
-        out["ttft_ms"] = best(p1, 1) * 1e3
-        out["prefill_tok_s"] = prefill_len / best(long, 1)
-        out["b1_tok_s"] = new_tokens / best(p1, new_tokens)
-        out["b8_tok_s"] = 8 * new_tokens / best(p8, new_tokens)
-    out["peak_mb"] = mem.delta_mb
+
+def measure_all(
+    runs: dict[str, Callable], vocab: int, args: argparse.Namespace
+) -> dict[str, dict[str, float]]:
+    """Throughput at batch 1 and 8, time to first token, prefill speed and peak memory of every case.
+
+    The cases are *interleaved* — repeat r runs every case once before repeat r+1 — and each figure
+    is the best of `--repeat` runs: on a shared machine, load that comes and goes then hits all cases
+    alike, and the minimum time is the figure least disturbed by other processes."""
+    p1, p8 = prompts(1, args.prompt_len, vocab), prompts(8, args.prompt_len, vocab, seed=1)
+    long = prompts(1, args.prefill_len, vocab, seed=2)
+    for run in runs.values():  # warm-up: first-call costs (allocator, kernels, compilation)
+        run(p1, 4)
+        run(p8, 4)
+    times: dict[str, dict[str, list[float]]] = {name: {} for name in runs}
+    peak = dict.fromkeys(runs, 0.0)
+    for _ in range(args.repeat):
+        for name, run in runs.items():
+            n = args.nocache_tokens if name == "nocache" else args.new_tokens
+            with PeakRSS() as mem:
+                for key, batch, k in (("ttft", p1, 1), ("prefill", long, 1), ("b1", p1, n), ("b8", p8, n)):
+                    t = time.perf_counter()
+                    run(batch, k)
+                    times[name].setdefault(key, []).append(time.perf_counter() - t)
+            peak[name] = max(peak[name], mem.delta_mb)
+    out = {}
+    for name, t in times.items():
+        n = args.nocache_tokens if name == "nocache" else args.new_tokens
+        out[name] = {
+            "b1_tok_s": n / min(t["b1"]),
+            "b8_tok_s": 8 * n / min(t["b8"]),
+            "prefill_tok_s": args.prefill_len / min(t["prefill"]),
+            "ttft_ms": min(t["ttft"]) * 1e3,
+            "peak_mb": peak[name],
+        }
     return out
 
 
@@ -194,13 +234,11 @@ def main() -> None:
     ap.add_argument("--nocache-tokens", type=int, default=64)
     ap.add_argument("--prompt-len", type=int, default=16)
     ap.add_argument("--prefill-len", type=int, default=128)
-    ap.add_argument("--repeat", type=int, default=3, help="best of this many runs per figure")
+    ap.add_argument("--repeat", type=int, default=3, help="best of this many (interleaved) runs per figure")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile case (slow to build)")
     ap.add_argument("--no-hf", action="store_true", help="skip the transformers case")
-    ap.add_argument(
-        "--cases", nargs="+", help="only these cases (fornalha, int8, dynamic, compiled, nocache, hf)"
-    )
+    ap.add_argument("--cases", nargs="+", choices=list(CASES), help="only these cases")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -217,63 +255,72 @@ def main() -> None:
         for size, run_dir in runs.items():
             model, tok, _ = load_run(run_dir)
             vocab = model.config.vocab_size
-            label = f"{size} ({model.num_params() / 1e6:.1f}M params, vocab {vocab})"
-            print(f"== {label}", file=sys.stderr)
-            cases: dict[str, Callable[[], Callable]] = {
-                "fornalha": lambda m=model, t=tok: fornalha_case(m, t, 8),
-                "int8": lambda m=model, t=tok: fornalha_case(quantize_model(m, "int8"), t, 8),
-                "dynamic": lambda m=model, t=tok: fornalha_case(quantize_model(m, "dynamic"), t, 8),
-                "compiled": lambda m=model, t=tok: fornalha_case(m, t, 8, compile=True),
-                "nocache": lambda m=model, t=tok: fornalha_case(m, t, 8, use_cache=False),
-                "hf": lambda r=run_dir: hf_case(r, tmp),
-            }
-            if args.no_compile:
-                cases.pop("compiled")
-            if args.no_hf:
-                cases.pop("hf")
-            if args.cases:
-                cases = {k: v for k, v in cases.items() if k in args.cases}
-            for name, build in cases.items():
-                n = args.nocache_tokens if name == "nocache" else args.new_tokens
+            print(f"== {size} ({model.num_params() / 1e6:.1f}M params, vocab {vocab})", file=sys.stderr)
+            wanted = [c for c in CASES if not args.cases or c in args.cases]
+            wanted = [
+                c for c in wanted if not (c == "compiled" and args.no_compile or c == "hf" and args.no_hf)
+            ]
+            cases, case_mb = {}, {}
+            for name, build in builders(model, tok, run_dir, tmp).items():
+                if name not in wanted:
+                    continue
                 t0 = time.perf_counter()
                 try:
-                    with PeakRSS() as whole:  # building the case too: KV cache, quantized copy, HF model
-                        run = build()
-                        figures = measure(run, vocab, n, args.prompt_len, args.prefill_len, args.repeat)
+                    with PeakRSS() as whole:  # building the case: KV cache, packed weights, HF model
+                        cases[name] = build()
+                        cases[name](prompts(1, 4, vocab), 2)
                 except Exception as exc:  # one broken case should not lose the others
                     print(f"   {name}: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
                     continue
-                figures["case_mb"] = whole.delta_mb
-                print(f"   {name}: {figures} ({time.perf_counter() - t0:.0f}s)", file=sys.stderr)
+                case_mb[name] = whole.delta_mb
+                print(f"   {name}: built in {time.perf_counter() - t0:.1f}s — {CASES[name]}", file=sys.stderr)
+            for name, figures in measure_all(cases, vocab, args).items():
+                figures["case_mb"] = case_mb[name]
                 table.append((size, name, figures))
                 for metric, value in figures.items():
                     results[f"{name}_{size}_{metric}"] = round(value, 2)
-                del run
+            del cases
 
     # Headline keys: the first size (10M by default).
     first = table[0][0] if table else None
-    case_key = {"fornalha": "fornalha", "int8": "fornalha_int8", "dynamic": "fornalha_dynamic",
-                "compiled": "fornalha_compiled", "nocache": "nocache", "hf": "hf"}  # fmt: skip
     for size, name, figures in table:
         if size == first:
-            for metric in ("b1_tok_s", "b8_tok_s", "prefill_tok_s", "ttft_ms", "peak_mb", "case_mb"):
-                results[f"{case_key[name]}_{metric}"] = round(figures[metric], 2)
+            for metric in METRICS:
+                results[f"{JSON_NAME[name]}_{metric}"] = round(figures[metric], 2)
 
     header = f"{'size':<6}{'case':<10}{'b1 tok/s':>10}{'b8 tok/s':>10}{'b8/b1':>7}{'prefill/s':>11}"
-    header += f"{'TTFT ms':>9}{'peak MB':>9}{'case MB':>9}{'b1 vs hf':>10}{'b1 vs nocache':>15}"
+    header += f"{'TTFT ms':>9}{'peak MB':>9}{'case MB':>9}{'b1 vs hf':>10}{'b1 vs nocache':>15}  target"
     print(header)
     print("-" * len(header))
     for size, name, f in table:
         ref = {n: g for s, n, g in table if s == size}
-        vs_hf = f"{f['b1_tok_s'] / ref['hf']['b1_tok_s']:.2f}x" if "hf" in ref else "-"
+        ratio_hf = f["b1_tok_s"] / ref["hf"]["b1_tok_s"] if "hf" in ref else None
+        vs_hf = f"{ratio_hf:.2f}x" if ratio_hf else "-"
         vs_nc = f"{f['b1_tok_s'] / ref['nocache']['b1_tok_s']:.2f}x" if "nocache" in ref else "-"
+        b8b1 = f["b8_tok_s"] / f["b1_tok_s"]
+        met = "-" if ratio_hf is None or name in ("hf", "nocache") else ""
+        if not met:
+            met = (
+                "b1>=3x hf "
+                + ("yes" if ratio_hf >= 3 else "no")
+                + ", b8>=4x b1 "
+                + ("yes" if b8b1 >= 4 else "no")
+            )
         print(
-            f"{size:<6}{name:<10}{f['b1_tok_s']:>10.1f}{f['b8_tok_s']:>10.1f}{f['b8_tok_s'] / f['b1_tok_s']:>7.2f}"
-            f"{f['prefill_tok_s']:>11.0f}{f['ttft_ms']:>9.1f}{f['peak_mb']:>9.1f}{f['case_mb']:>9.1f}{vs_hf:>10}{vs_nc:>15}"
+            f"{size:<6}{name:<10}{f['b1_tok_s']:>10.1f}{f['b8_tok_s']:>10.1f}{b8b1:>7.2f}"
+            f"{f['prefill_tok_s']:>11.0f}{f['ttft_ms']:>9.1f}{f['peak_mb']:>9.1f}{f['case_mb']:>9.1f}{vs_hf:>10}{vs_nc:>15}  {met}"
         )
     if "fornalha_b1_tok_s" in results and "hf_b1_tok_s" in results:
-        results["fornalha_vs_hf_b1"] = round(results["fornalha_b1_tok_s"] / results["hf_b1_tok_s"], 2)
-        results["fornalha_b8_vs_b1"] = round(results["fornalha_b8_tok_s"] / results["fornalha_b1_tok_s"], 2)
+        results["ratio_b1_vs_hf"] = round(results["fornalha_b1_tok_s"] / results["hf_b1_tok_s"], 2)
+    if "fornalha_b1_tok_s" in results:
+        results["ratio_b8_vs_b1"] = round(results["fornalha_b8_tok_s"] / results["fornalha_b1_tok_s"], 2)
+    for size in dict.fromkeys(s for s, _, _ in table):
+        for name in CASES:
+            b1, hf = results.get(f"{name}_{size}_b1_tok_s"), results.get(f"hf_{size}_b1_tok_s")
+            if b1 and hf and name != "hf":
+                results[f"{name}_{size}_b1_vs_hf"] = round(b1 / hf, 2)
+            if b1 and results.get(f"{name}_{size}_b8_tok_s"):
+                results[f"{name}_{size}_b8_vs_b1"] = round(results[f"{name}_{size}_b8_tok_s"] / b1, 2)
     print(json.dumps(results))
 
 
