@@ -19,7 +19,7 @@ install: $(STAMP)
 
 # The whole pipeline on the built-in offline corpus: prepare -> tokenizer -> shards -> train -> eval -> samples.
 demo: install
-	$(VENV)/bin/fornalha pipeline --preset tiny --out runs/demo --overwrite
+	$(VENV)/bin/fornalha pipeline --preset tiny --minutes 7.5 --out runs/demo --overwrite
 
 lint: install
 	$(VENV)/bin/ruff check src tests benchmarks
