@@ -24,5 +24,7 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
-        pytest.fail(f"shared data folder not found at {SHARED_DATA}: the tests need ../shared/data beside the repo")
+        pytest.fail(
+            f"shared data folder not found at {SHARED_DATA}: the tests need ../shared/data beside the repo"
+        )
     return SHARED_DATA

@@ -6,7 +6,10 @@
 
 import typer
 
-data_app = typer.Typer(help="Collect, clean and split text (prepare); turn it into token shards (tokenize).", no_args_is_help=True)
+data_app = typer.Typer(
+    help="Collect, clean and split text (prepare); turn it into token shards (tokenize).",
+    no_args_is_help=True,
+)
 
 
 def register(app: typer.Typer) -> None:

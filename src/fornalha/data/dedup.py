@@ -138,7 +138,9 @@ class Deduplicator:
             return DedupResult(None, doc_hash)
         mh = minhash(sig, self.cfg.num_perm)
         # LSH returns *candidates*; keep those whose estimated Jaccard really passes.
-        matches = [k for k in self._lsh.query(mh) if self._jaccard(sig, self._sigs[k]) >= self.cfg.near_threshold]
+        matches = [
+            k for k in self._lsh.query(mh) if self._jaccard(sig, self._sigs[k]) >= self.cfg.near_threshold
+        ]
         if matches:
             first = min(matches, key=lambda k: int(k))  # earliest inserted: deterministic
             cluster = self._cluster[first]
