@@ -118,6 +118,18 @@ def test_ngram_rules(make_prose) -> None:  # noqa: ANN001
     assert quality_reason(" ".join(varied), PROSE) is None
 
 
+def test_whole_books_skip_repetition_rules(make_prose) -> None:  # noqa: ANN001
+    """A book-length document that repeats its phrases is kept; the same text cut to web-page size is not."""
+    varied = make_prose(3, 400).split()
+    looping = " ".join((varied[:40] * 10)[:400])
+    book = "\n\n".join([looping] * 200)  # ~500 KB, every 5-gram repeated
+    assert len(book) > PROSE.repetition_max_chars
+    assert quality_reason(book, PROSE) is None
+    assert quality_reason(book[:100_000], PROSE) is not None  # web-page sized: the rules apply
+    strict = PROSE.model_copy(update={"repetition_max_chars": None})
+    assert quality_reason(book, strict) is not None
+
+
 def test_code_preset_keeps_code() -> None:
     import inspect
     import json.decoder

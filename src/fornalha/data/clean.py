@@ -88,6 +88,11 @@ class FilterConfig(_Strict):
     ngram_max_words: int = Field(
         200_000, description="n-gram rules look at the first N words only (cost is linear in N)"
     )
+    repetition_max_chars: int | None = Field(
+        200_000,
+        description="documents longer than this (whole books) skip the duplicated line/paragraph/n-gram "
+        "rules, which were made for web-page-sized documents; null: apply them to every document",
+    )
 
 
 #: Gopher-style thresholds for natural-language text (the defaults of `FilterConfig`).
@@ -376,6 +381,10 @@ def quality_reason(text: str, cfg: FilterConfig) -> str | None:
         ell = sum(1 for line in lines if line.rstrip().endswith(("...", "…")))
         if ell / len(lines) > cfg.max_ellipsis_lines_fraction:
             return "gopher: ellipsis lines"
+    if cfg.repetition_max_chars is not None and n_chars > cfg.repetition_max_chars:
+        # A whole novel repeats its names and phrases thousands of times; Gopher's repetition
+        # thresholds were tuned on web pages and would throw such a book away.
+        return None
     if cfg.max_dup_line_fraction is not None or cfg.max_dup_line_char_fraction is not None:
         frac, char_frac = _dup_fraction([line.strip() for line in lines])
         if cfg.max_dup_line_fraction is not None and frac > cfg.max_dup_line_fraction:
