@@ -3,8 +3,6 @@ by hand (a bigram table), tiny GPTs, and run / dataset folders built on the spot
 
 from __future__ import annotations
 
-import io
-import json
 from pathlib import Path
 
 import numpy as np
@@ -76,36 +74,6 @@ def direct_nll(model: torch.nn.Module, ids: list[int]) -> torch.Tensor:
         logits, _ = model(torch.tensor([ids[:-1]]))
     lp = torch.log_softmax(logits[0].double(), dim=-1)
     return -lp[torch.arange(len(ids) - 1), torch.tensor(ids[1:])]
-
-
-def write_dataset(root: Path, splits: dict[str, list[str]]) -> Path:
-    """A prepared-dataset folder in the DESIGN.md format (zstd-compressed JSONL per split)."""
-    import zstandard
-
-    root.mkdir(parents=True, exist_ok=True)
-    for split, docs in splits.items():
-        (root / split).mkdir(exist_ok=True)
-        lines = "".join(
-            json.dumps({"text": d, "source": "test", "id": f"{split}-{i}"}) + "\n" for i, d in enumerate(docs)
-        )
-        buf = io.BytesIO()
-        with zstandard.ZstdCompressor().stream_writer(buf, closefd=False) as w:
-            w.write(lines.encode("utf-8"))
-        (root / split / "part-00000.jsonl.zst").write_bytes(buf.getvalue())
-    manifest = {
-        "format": "fornalha-dataset",
-        "version": 1,
-        "splits": {
-            s: {
-                "documents": len(d),
-                "bytes": sum(len(t.encode("utf-8")) for t in d),
-                "shards": [{"file": f"{s}/part-00000.jsonl.zst", "documents": len(d)}],
-            }
-            for s, d in splits.items()
-        },
-    }
-    (root / "manifest.json").write_text(json.dumps(manifest))
-    return root
 
 
 def make_run(root: Path, text: str, seed: int = 0, steps: int = 0) -> tuple[Path, GPT, object]:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from evalhelpers import make_run, write_dataset
+from evalhelpers import make_run
 
 from fornalha.cli import main
+from fornalha.data.dataset import write_dataset
 
 TEXT = "Era uma vez um gato que sabia ler. The cat sat on the mat. " * 20
 

@@ -6,8 +6,9 @@ import math
 
 import pytest
 import torch
-from evalhelpers import ByteTokenizer, direct_nll, tiny_gpt, write_dataset
+from evalhelpers import ByteTokenizer, direct_nll, tiny_gpt
 
+from fornalha.data.dataset import write_dataset
 from fornalha.errors import DataError
 from fornalha.evaluate.loss import (
     bits_per_byte,

@@ -2,35 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
-import zstandard
 
 from fornalha.cli import main
+from fornalha.data.dataset import write_dataset
 from fornalha.tokenizer import load_tokenizer
 from fornalha.tokenizer.evaluate import compare, evaluate_tokenizer, measure
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-
-
-def write_dataset(root: Path, splits: dict[str, list[str]]) -> Path:
-    """A dataset folder in the `fornalha data prepare` format (DESIGN.md section 1)."""
-    manifest: dict = {"format": "fornalha-dataset", "version": 1, "splits": {}}
-    for split, docs in splits.items():
-        (root / split).mkdir(parents=True, exist_ok=True)
-        lines = "".join(
-            json.dumps({"text": d, "source": "pt", "id": str(i)}) + "\n" for i, d in enumerate(docs)
-        )
-        (root / split / "part-00000.jsonl.zst").write_bytes(
-            zstandard.ZstdCompressor().compress(lines.encode())
-        )
-        n_bytes = sum(len(d.encode()) for d in docs)
-        shard = {"file": f"{split}/part-00000.jsonl.zst", "documents": len(docs), "bytes": n_bytes}
-        manifest["splits"][split] = {"shards": [shard], "documents": len(docs), "bytes": n_bytes}
-    (root / "manifest.json").write_text(json.dumps(manifest))
-    return root
 
 
 def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:

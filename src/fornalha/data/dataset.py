@@ -78,3 +78,32 @@ def split_bytes(dataset_dir: str | Path, split: str) -> int:
 def split_documents(dataset_dir: str | Path, split: str) -> int:
     """Number of documents in a split (from the manifest)."""
     return int(_split_info(dataset_dir, split)["documents"])
+
+
+def write_dataset(
+    root: str | Path, splits: dict[str, list[str]], source: str = "memory", sources: list[str] | None = None
+) -> Path:
+    """Write documents held in memory as a dataset folder, skipping the cleaning stage.
+
+    For programmatic use (a handful of documents, new feedback data, tests): ``splits`` maps a
+    split name (``train``, ``val``) to its documents. The layout is exactly what
+    ``fornalha data prepare`` writes, so every later stage reads it the same way.
+    """
+    import zstandard
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    manifest: dict[str, Any] = {"format": FORMAT, "version": 1, "sources": sources or [source], "splits": {}}
+    for split, docs in splits.items():
+        (root / split).mkdir(exist_ok=True)
+        lines = "".join(
+            json.dumps({"text": d, "source": source, "id": f"{split}-{i}"}) + "\n" for i, d in enumerate(docs)
+        )
+        (root / split / "part-00000.jsonl.zst").write_bytes(
+            zstandard.ZstdCompressor().compress(lines.encode())
+        )
+        n_bytes = sum(len(d.encode("utf-8")) for d in docs)
+        shard = {"file": f"{split}/part-00000.jsonl.zst", "documents": len(docs), "bytes": n_bytes}
+        manifest["splits"][split] = {"shards": [shard], "documents": len(docs), "bytes": n_bytes}
+    (root / "manifest.json").write_text(json.dumps(manifest, indent=2))  # last: marks the folder complete
+    return root
