@@ -112,3 +112,11 @@ def test_pipeline_end_to_end(tmp_path: Path, shared_data: Path) -> None:
     # a second run without --overwrite refuses; with it, the data caches are reused
     again = run("pipeline", "--out", str(out), "--minutes", "1.5")
     assert again.returncode == 2 and "--overwrite" in again.stderr
+
+
+def test_error_text_with_brackets_is_printed_verbatim(tmp_path: Path) -> None:
+    """Messages are not rich markup: a path like [x]/y must neither crash the printer nor vanish."""
+    r = run("data", "prepare", "--source", str(tmp_path / "[bold]missing[/]"), "--out", str(tmp_path / "o"))
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr and "MarkupError" not in r.stderr
+    assert "[bold]missing[/]" in r.stderr.replace("\n", "")
