@@ -51,8 +51,6 @@ def main(argv: list[str] | None = None) -> None:
     args = [a for a in args if a != "--debug"]
     try:
         app(args=args, prog_name="fornalha", standalone_mode=True)
-    except SystemExit:
-        raise
     except FornalhaError as exc:
         if debug:
             raise
