@@ -50,6 +50,31 @@ def test_decoder_matches_model_forward(model):
         torch.testing.assert_close(got, want[:, 0].float(), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize(
+    "extra", [{}, {"qk_norm": True, "logit_softcap": 15.0, "mlp": "relu2"}], ids=["llama", "modded"]
+)
+def test_prefill_matches_model_forward(extra):
+    """Decoder.prefill (causal attention, keys/values written straight into the chosen cache rows)
+    gives GPT.forward's last-token logits and the same cache contents, for right-padded prompts of
+    different lengths going to non-contiguous rows."""
+    from infer_helpers import random_model
+
+    model = random_model(seed=3, **extra)
+    torch.manual_seed(2)
+    lengths, slots = [7, 3, 5], [3, 0, 2]
+    prompts = torch.randint(7, 263, (3, 7))
+    ref = KVCache.allocate(model.config, 3, 16)
+    cache = KVCache.allocate(model.config, 4, 16)
+    with torch.no_grad():
+        want, _ = model(prompts, kv_cache=ref, n_new=torch.tensor(lengths))
+        got = Decoder(model, cache).prefill(prompts, lengths, slots)
+    for i, (n, slot) in enumerate(zip(lengths, slots)):
+        torch.testing.assert_close(got[i], want[i, n - 1].float(), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(cache.k[:, slot, :, :n], ref.k[:, i, :, :n], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(cache.v[:, slot, :, :n], ref.v[:, i, :, :n], atol=1e-5, rtol=1e-5)
+    assert cache.k[:, 1].abs().sum() == 0  # a row nobody was given stays untouched
+
+
 def test_greedy_with_cache_equals_without_cache(model, tok):
     prompts, params = PROMPTS[:3], GREEDY.with_(max_new_tokens=16)
     # The model's own float32 weights: the cache must not change a single logit's arg-max (the

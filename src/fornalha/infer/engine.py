@@ -339,29 +339,22 @@ class Engine:
     def _prefill(self, seqs: list[_Sequence], events: list[Event]) -> None:
         """Run the prompts through the model together (right-padded) and sample their first tokens."""
         lengths = [len(s.prompt_ids) for s in seqs]
-        T = max(lengths)
-        idx = torch.zeros(len(seqs), T, dtype=torch.long)
+        slots = [s.slot for s in seqs]
+        idx = torch.zeros(len(seqs), max(lengths), dtype=torch.long)
         for i, s in enumerate(seqs):
             idx[i, : lengths[i]] = torch.tensor(s.prompt_ids)
         idx = idx.to(self.device)
-        last = torch.tensor(lengths, device=self.device) - 1
-        rows = torch.arange(len(seqs), device=self.device)
-        if self.use_cache:
-            # A temporary cache for just these rows, then copied into their slots.
-            tmp = KVCache.allocate(self.config, len(seqs), T, self.device, self.dtype)
-            logits, _ = self.model(idx, kv_cache=tmp, n_new=last + 1)
-            for i, s in enumerate(seqs):
-                n = lengths[i]
-                self.cache.k[:, s.slot, :, :n] = tmp.k[:, i, :, :n]
-                self.cache.v[:, s.slot, :, :n] = tmp.v[:, i, :, :n]
+        if self.use_cache:  # causal attention over the prompts, keys/values straight into their slots
+            logits = self.decoder.prefill(idx, lengths, slots)
         else:
             logits, _ = self.model(idx)
-        for s, n in zip(seqs, lengths, strict=True):
-            self._pos[s.slot] = n
-            self.cache.pos[s.slot] = n
-        slots = [s.slot for s in seqs]
-        out = self.sampler.sample(logits[rows, last].float(), rows=slots)
-        self._tokens[torch.tensor(slots, device=self.device)] = out.tokens
+            logits = logits[torch.arange(len(seqs)), torch.tensor(lengths) - 1]
+        slot_idx = torch.tensor(slots, device=self.device)
+        for slot, n in zip(slots, lengths, strict=True):
+            self._pos[slot] = n
+        self.cache.pos[slot_idx] = torch.tensor(lengths, device=self.device)
+        out = self.sampler.sample(logits.float(), rows=slots)
+        self._tokens[slot_idx] = out.tokens
         self.sampler.observe(out.tokens, rows=slots)
         now = time.perf_counter()
         for s in seqs:
