@@ -157,5 +157,5 @@ def test_malformed_files_name_the_line(tmp_path):
     path.write_text("[1, 2]\n")
     with pytest.raises(DataError, match="expected a JSON object"):
         load_blimp(path)
-    with pytest.raises(DataError, match="not found"):
+    with pytest.raises(DataError, match="does not exist"):
         load_blimp(tmp_path / "missing.jsonl")

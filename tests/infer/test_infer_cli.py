@@ -122,6 +122,21 @@ def test_generate_errors(run_dir, capsys, tmp_path):
     assert code == 2 and out == "" and "does not fit the context" in err
     code, _, err = cli(capsys, "generate", "--run", str(run_dir), "--prompt", "x", "--top-p", "0")
     assert code == 2 and "top_p" in err
+    bad = tmp_path / "bad.jsonl"
+    for text, message in (
+        ('{"prompt": "a"}\n{"prompt": "b"\n', "line 2: not valid JSON"),
+        ('{"prompt": "a"}\n["b"]\n', "line 2: expected a JSON object"),
+        ('{"text": "a"}\n', 'line 1: expected {"prompt"'),
+        ('{"prompt": "a", "temperature": -1}\n', "line 1: "),
+        ("\n\n", "holds no prompts"),
+    ):
+        bad.write_text(text)
+        code, out, err = cli(capsys, "generate", "--run", str(run_dir), "--prompts-file", str(bad))
+        assert code == 2 and out == "" and message in err and len(err.strip().splitlines()) == 1, (text, err)
+    code, _, err = cli(
+        capsys, "generate", "--run", str(run_dir), "--prompts-file", str(tmp_path / "none.jsonl")
+    )
+    assert code == 2 and "prompts file" in err and "does not exist" in err
 
 
 def test_chat_reads_lines_resets_and_saves(run_dir, capsys, monkeypatch, tmp_path):

@@ -142,24 +142,17 @@ def generate_command(
 
     if prompts_file is not None:
         from fornalha.infer import SamplingParams
+        from fornalha.jsonl import read_objects
 
-        if not prompts_file.is_file():
-            raise FornalhaError(f"prompts file {prompts_file} does not exist")
         prompts, plist = [], []
-        for lineno, line in enumerate(prompts_file.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise FornalhaError(f"{prompts_file}:{lineno}: not JSON ({exc})") from None
-            if not isinstance(obj, dict) or not isinstance(obj.get("prompt"), str):
-                raise FornalhaError(f'{prompts_file}:{lineno}: expected {{"prompt": "...", ...}}')
+        for lineno, obj in read_objects(prompts_file, what="prompts file", items="prompts"):
+            if not isinstance(obj.get("prompt"), str):
+                raise FornalhaError(f'{prompts_file}, line {lineno}: expected {{"prompt": "...", ...}}')
             prompts.append(obj.pop("prompt"))
             try:
                 plist.append(SamplingParams.from_dict({**base, **obj}))
             except ConfigError as exc:
-                raise ConfigError(f"{prompts_file}:{lineno}: {exc}") from None
+                raise ConfigError(f"{prompts_file}, line {lineno}: {exc}") from None
         engine, _ = _load_engine(run, checkpoint, device, dtype, batch_size)
         for i, res in enumerate(engine.generate(prompts, plist)):
             out = {

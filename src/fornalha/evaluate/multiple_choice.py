@@ -26,7 +26,6 @@ causal model). Sequences longer than the model's context keep their last ``block
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -36,6 +35,7 @@ from typing import Any
 import torch
 
 from fornalha.errors import DataError
+from fornalha.jsonl import read_objects
 
 # --------------------------------------------------------------------------------------------
 # Reading the JSONL files
@@ -44,24 +44,7 @@ from fornalha.errors import DataError
 
 def _read_jsonl(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
     """(line number, object) for each non-empty line; a malformed line is a DataError naming it."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"evaluation file not found: {path}")
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}, line {lineno}: not valid JSON ({exc.msg})") from None
-            if not isinstance(obj, dict):
-                raise DataError(f"{path}, line {lineno}: expected a JSON object, got {type(obj).__name__}")
-            rows.append((lineno, obj))
-    if not rows:
-        raise DataError(f"{path} holds no examples")
-    return rows
+    return read_objects(path, what="evaluation file", items="examples")
 
 
 def spread(items: Sequence[Any], limit: int | None) -> list[Any]:

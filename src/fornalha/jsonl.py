@@ -1,0 +1,40 @@
+"""JSON Lines input files (one JSON object per line): prompts, evaluation examples.
+
+One reader, so every command that takes a .jsonl file reports a bad line the same way:
+`FILE, line N: not valid JSON (…)` — never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from fornalha.errors import DataError
+
+
+def read_objects(
+    path: str | Path, what: str = "file", items: str = "objects"
+) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, object) for each non-empty line of `path`.
+
+    `what` names the file and `items` its lines in the messages ("evaluation file", "examples"). A missing file, a
+    line that is not JSON or not a JSON object, or a file without any object is a DataError."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{what} {path} does not exist")
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}, line {lineno}: not valid JSON ({exc.msg})") from None
+            if not isinstance(obj, dict):
+                raise DataError(f"{path}, line {lineno}: expected a JSON object, got {type(obj).__name__}")
+            rows.append((lineno, obj))
+    if not rows:
+        raise DataError(f"{path} holds no {items}")
+    return rows
