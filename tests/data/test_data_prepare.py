@@ -170,6 +170,23 @@ def test_cli_bad_sources_exit_2(tmp_path: Path, source: str, message: str) -> No
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("command", [["data", "prepare"], ["pipeline", "--preset", "tiny"]])
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [(["--split", "middle"], "--split: Input should be 'doc' or 'tail'"),
+     (["--val-fraction", "1.5"], "--val-fraction: Input should be less than 1"),
+     (["--val-fraction", "-0.1"], "--val-fraction: Input should be greater than or equal to 0")],
+)  # fmt: skip
+def test_cli_bad_split_options_exit_2(
+    tmp_path: Path, command: list[str], option: list[str], message: str
+) -> None:
+    """`data prepare` and `pipeline` validate the split options the same way, before any work."""
+    result = run_cli(*command, "--source", str(tmp_path), *option, "--out", str(tmp_path / "o"))
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "o" / "dataset").exists()
+
+
 def test_cli_prepare_prints_report(tmp_path: Path, make_prose) -> None:  # noqa: ANN001
     corpus = make_corpus(tmp_path / "in", make_prose)
     result = run_cli(

@@ -66,6 +66,7 @@ def prepare_command(
 ) -> None:
     """Collect, clean, deduplicate, scrub and split text into DATASET_DIR (train/ val/ manifest.json report.json)."""
     from fornalha.data.prepare import PrepareConfig, SourceEntry, prepare
+    from fornalha.data.split import override as override_split
 
     cfg = PrepareConfig.from_yaml(recipe) if recipe else PrepareConfig()
     for src in source or []:
@@ -73,14 +74,7 @@ def prepare_command(
     if recipe is None or text_field != "text" or column:
         for entry in cfg.sources:
             entry.text_field, entry.column = text_field, column or entry.column
-    if val_fraction is not None:
-        if not 0.0 <= val_fraction < 1.0:
-            raise ConfigError(f"--val-fraction must be in [0, 1), got {val_fraction}")
-        cfg.split.val_fraction = val_fraction
-    if split is not None:
-        if split not in ("doc", "tail"):
-            raise ConfigError(f"--split must be doc or tail, got {split!r}")
-        cfg.split.mode = split  # type: ignore[assignment]
+    cfg.split = override_split(cfg.split, mode=split, val_fraction=val_fraction)
     if preset is not None:
         if preset not in ("auto", "code", "prose"):
             raise ConfigError(f"--preset must be auto, code or prose, got {preset!r}")

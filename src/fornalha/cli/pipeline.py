@@ -85,6 +85,7 @@ def pipeline_command(
     from fornalha.cli.data_prepare import print_report
     from fornalha.data.prepare import PrepareConfig, SourceEntry, prepare
     from fornalha.data.shards import tokenize_dataset
+    from fornalha.data.split import override as override_split
     from fornalha.evaluate import evaluate_run
     from fornalha.evaluate.report import write_report
     from fornalha.tokenizer import train_tokenizer
@@ -99,6 +100,11 @@ def pipeline_command(
     # Resolve the training config first, so a bad --set fails before any work is done.
     cfg = load_config(preset, None, list(sets or []))
     vocab = vocab_size or cfg.data.vocab_size
+    sources = source or ["builtin:"]
+    pcfg = PrepareConfig(sources=[SourceEntry(source=s) for s in sources])
+    pcfg.split = override_split(pcfg.split, mode=split, val_fraction=val_fraction)
+    if max_bytes is not None:
+        pcfg.max_bytes = max_bytes
     out.mkdir(parents=True, exist_ok=True)
     if (out / "checkpoints").is_dir() and any((out / "checkpoints").iterdir()):
         if not overwrite:
@@ -111,16 +117,6 @@ def pipeline_command(
 
     # 1. data ---------------------------------------------------------------------------------
     _stage(1, "data prepare")
-    sources = source or ["builtin:"]
-    pcfg = PrepareConfig(sources=[SourceEntry(source=s) for s in sources])
-    if val_fraction is not None:
-        pcfg.split.val_fraction = val_fraction
-    if split is not None:
-        if split not in ("doc", "tail"):
-            raise ConfigError(f"--split must be doc or tail, got {split!r}")
-        pcfg.split.mode = split  # type: ignore[assignment]
-    if max_bytes is not None:
-        pcfg.max_bytes = max_bytes
     dataset_dir = out / "dataset"
     report = prepare(pcfg, dataset_dir, progress=True)
     print_report(report)

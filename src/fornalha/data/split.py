@@ -15,9 +15,11 @@ boundary, is validation and the rest is training.
 from __future__ import annotations
 
 import hashlib
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from fornalha.errors import ConfigError
 
 Side = Literal["train", "val"]
 
@@ -31,6 +33,20 @@ class SplitConfig(BaseModel):
     val_fraction: float = Field(0.05, ge=0.0, lt=1.0)
     seed: str = "fornalha"
     group_near_duplicates: bool = True
+
+
+def override(cfg: SplitConfig, **changes: Any) -> SplitConfig:
+    """``cfg`` with ``changes`` applied (None values are left out), validated like the config file:
+    a bad value is a ConfigError that names the command-line option (``--val-fraction``)."""
+    updates = {k: v for k, v in changes.items() if v is not None}
+    try:
+        return SplitConfig.model_validate({**cfg.model_dump(), **updates})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        name = str(err["loc"][0]) if err["loc"] else "split"
+        raise ConfigError(
+            f"--{name.replace('_', '-').replace('mode', 'split')}: {err['msg']} (got {updates.get(name)!r})"
+        ) from None
 
 
 def hash_unit(key: str, seed: str = "fornalha") -> float:
