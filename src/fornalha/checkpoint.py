@@ -67,15 +67,28 @@ def _write_json(path: Path, obj: Any) -> None:
         os.fsync(f.fileno())
 
 
-def model_state_for_saving(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The state dict without the tied LM head (safetensors stores each tensor once)."""
+def model_state_for_saving(model: torch.nn.Module, keep: bool = True) -> dict[str, torch.Tensor]:
+    """The state dict as plain CPU tensors, without the tied LM head (safetensors stores each tensor once).
+
+    Under FSDP2 the parameters are DTensor shards: each one is all-gathered into the full tensor,
+    which is a collective, so every rank must call this; ranks that will not write the file pass
+    keep=False and get {} (a full copy lives on one rank's CPU at a time, one tensor at a time on
+    the device).
+    """
     model = getattr(model, "_orig_mod", model)  # unwrap torch.compile
     model = getattr(model, "module", model)  # unwrap DDP
     sd = model.state_dict()
     cfg = getattr(model, "config", None)
     if cfg is not None and getattr(cfg, "tie_embeddings", False):
         sd.pop("lm_head.weight", None)
-    return {k: v.detach().contiguous().cpu() for k, v in sd.items()}
+    out = {}
+    for k, v in sd.items():
+        v = v.detach()
+        if hasattr(v, "full_tensor"):  # a DTensor (FSDP2 shard)
+            v = v.full_tensor()
+        if keep:
+            out[k] = v.contiguous().cpu()
+    return out
 
 
 def save_checkpoint(

@@ -32,6 +32,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from fornalha.train.distributed import full_tensor, shard_like
+
 # --------------------------------------------------------------------------------------------
 # Muon
 # --------------------------------------------------------------------------------------------
@@ -111,7 +113,9 @@ class Muon(torch.optim.Optimizer):
                 buf = state["momentum_buffer"]
                 buf.lerp_(g, 1 - momentum)
                 u = g.lerp(buf, momentum) if group["nesterov"] else buf
-                update = zeropower_via_newtonschulz5(u, steps=group["ns_steps"])
+                # Newton-Schulz needs the whole matrix. Under FSDP2, u holds this rank's rows only:
+                # gather them, orthogonalise (every rank the same matrix), keep this rank's rows.
+                update = shard_like(zeropower_via_newtonschulz5(full_tensor(u), steps=group["ns_steps"]), u)
                 scale = max(1.0, p.size(-2) / p.size(-1)) ** 0.5
                 if wd:
                     p.mul_(1 - lr * wd)
@@ -232,22 +236,27 @@ def _jsonable(v: Any) -> Any:
 
 
 def optimizer_state_to_tensors(
-    optimizers: list[torch.optim.Optimizer],
+    optimizers: list[torch.optim.Optimizer], keep: bool = True
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Flatten optimizers' state dicts: tensors as ``"{opt}.{param}.{key}"`` and the rest as JSON.
 
     Tensor states (moments, Muon buffers, AdamW's tensor ``step``) go to the first dict; the
     param groups (learning rates, betas, …) and any non-tensor state go to the JSON object.
+    Under FSDP2 the moments are DTensor shards, gathered here into full tensors (a collective:
+    every rank calls this; those that will not write pass keep=False and get no tensors), so the
+    file is the same as a single-process run's.
     """
     tensors: dict[str, torch.Tensor] = {}
     meta: dict[str, Any] = {"optimizers": []}
     for i, opt in enumerate(optimizers):
         sd = opt.state_dict()
         scalars: dict[str, dict[str, Any]] = {}
-        for pid, st in sd["state"].items():
-            for key, val in st.items():
+        for pid in sorted(sd["state"]):  # the same order on every rank: the gathers must pair up
+            for key, val in sd["state"][pid].items():
                 if isinstance(val, torch.Tensor):
-                    tensors[f"{i}.{pid}.{key}"] = val.detach().clone().contiguous().cpu()
+                    val = full_tensor(val.detach())
+                    if keep:
+                        tensors[f"{i}.{pid}.{key}"] = val.clone().contiguous().cpu()
                 else:
                     scalars.setdefault(str(pid), {})[key] = _jsonable(val)
         groups = [{k: _jsonable(v) for k, v in g.items()} for g in sd["param_groups"]]
@@ -275,6 +284,12 @@ def load_optimizer_state(
                 state.setdefault(int(pid), {})[key] = t
         for pid, st in info.get("scalars", {}).items():
             state.setdefault(int(pid), {}).update(st)
+        # under FSDP2 the parameters are DTensor shards: cut each full moment the same way
+        params = [p for g in opt.param_groups for p in g["params"]]  # param id = position here
+        for pid, st in state.items():
+            for key, val in st.items():
+                if isinstance(val, torch.Tensor) and pid < len(params) and val.shape == params[pid].shape:
+                    st[key] = shard_like(val, params[pid])
         groups = []
         for g in info["param_groups"]:
             g = dict(g)

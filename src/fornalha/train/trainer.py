@@ -140,7 +140,7 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, console: Con
     if not has_val:
         say("[yellow]warning:[/] the data has no val split; validating on the start of train (not held out)")
 
-    # ---- 3. model and optimizers -----------------------------------------------------------------
+    # ---- 3. model (resumed weights go in before sharding), data parallelism, optimizers -------------
     init_meta = None
     if t.init_from:  # fine-tuning: the architecture comes from the checkpoint
         base, init_meta = load_model(t.init_from, which="best")
@@ -156,8 +156,14 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, console: Con
     cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"vocab_size": mcfg.vocab_size})})
     model.to(device)
     model.train()
-    optimizers = build_optimizers(model, t)
+    ckpt = latest_checkpoint(ckpt_root) if resume else None
+    if ckpt is not None:
+        restore_weights(ckpt, model)
+    raw_model = model  # the GPT itself (under FSDP2 it holds this rank's shards)
+    model = D.wrap_model(model, dist, device, fsdp=t.fsdp, compile=t.compile)
+    optimizers = build_optimizers(raw_model, t)  # after wrapping: FSDP2 replaces the parameters
     torch.manual_seed(t.seed + dist.rank)  # dropout differs per rank; the initial weights did not
+    fsdp = t.fsdp and dist.enabled  # every forward pass is then a collective: all ranks run it
 
     seq_len = cfg.seq_len
     grad_accum = cfg.grad_accum(dist.world_size)
@@ -171,13 +177,11 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, console: Con
 
     # ---- 4. resume, or start fresh ----------------------------------------------------------------
     state = TrainState(next_eval_s=budget_s / t.evals_per_budget if budget_s else 0.0)
-    if resume:
-        ckpt = latest_checkpoint(ckpt_root)
-        if ckpt is None:
-            say(f"[yellow]--resume:[/] no valid checkpoint in {ckpt_root}; starting from scratch")
-        else:
-            state = restore(ckpt, model, optimizers, loader, dist)
-            say(f"resumed from {ckpt} (step {state.step}, {state.tokens:,} tokens)")
+    if resume and ckpt is None:
+        say(f"[yellow]--resume:[/] no valid checkpoint in {ckpt_root}; starting from scratch")
+    elif ckpt is not None:
+        state = restore(ckpt, optimizers, loader, dist)
+        say(f"resumed from {ckpt} (step {state.step}, {state.tokens:,} tokens)")
     if main:
         (run_dir / "config.yaml").write_text(cfg.to_yaml())
         if (run_dir / "tokenizer").resolve() != tok_dir.resolve():
@@ -188,11 +192,7 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, console: Con
     )
     loggers = ExternalLoggers(t.log, run_dir, cfg.to_dict(), t.wandb_project) if main else None
 
-    # ---- 5. speed-ups: compile, then wrap for data parallelism --------------------------------------
-    raw_model = model
-    if t.compile:
-        model = torch.compile(model)
-    model = D.wrap_model(model, dist, device, fsdp=t.fsdp)
+    # ---- 5. precision and speed accounting -----------------------------------------------------------
     amp_dtype = torch.bfloat16 if t.dtype == "bfloat16" else torch.float32
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=t.dtype == "bfloat16")
     flops_per_token = raw_model.flops_per_token(seq_len)
@@ -247,7 +247,7 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, console: Con
                     _, loss = model(x, y)
                 (loss / grad_accum).backward()
                 step_loss += loss.detach() / grad_accum
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip or float("inf"))
+            grad_norm = D.clip_grad_norm_(model.parameters(), t.grad_clip or float("inf"))
             for opt in optimizers:
                 opt.step()
             for opt in optimizers:
@@ -271,7 +271,7 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, console: Con
             if state.step % t.log_interval == 0 and main:
                 step_rates.append(tok_s)
                 record = {"kind": "train", "step": state.step, "tokens": state.tokens, "train_loss": train_loss,
-                          "lr": current_lr(optimizers), "grad_norm": float(grad_norm), "tokens_per_s": tok_s,
+                          "lr": current_lr(optimizers), "grad_norm": grad_norm, "tokens_per_s": tok_s,
                           "mfu": mfu, "elapsed_s": elapsed()}  # fmt: skip
                 metrics.write(record)
                 loggers.log(record)
@@ -296,8 +296,8 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, console: Con
                     state, cfg, val_loss, val_bpb, raw_model, run_dir, optimizers, metrics, loggers, say, elapsed(),
                     main, init_meta,
                 )  # fmt: skip
-                if main and t.samples:
-                    show_samples(raw_model, tokenizer, cfg, state.step, run_dir, say, device)
+                if t.samples and (main or fsdp):  # sharded: every rank generates, rank 0 writes
+                    show_samples(raw_model, tokenizer, cfg, state.step, run_dir, say, device, write=main)
                 if main:
                     plot_losses(run_dir / "metrics.jsonl", run_dir / "plots" / "loss.png", state.best_step)
                 if stop:
@@ -393,10 +393,20 @@ def evaluate(
 
     per_rank = math.ceil(max_batches / dist.world_size)
     sums = torch.zeros(3, dtype=torch.float64, device=device)  # nats, tokens, bytes
-    for x, y in iter_eval_batches(
+    batches = iter_eval_batches(
         shards_dir, split, batch_size, seq_len, max_batches=per_rank, device=str(device),
         rank=dist.rank, world_size=dist.world_size,
-    ):  # fmt: skip
+    )  # fmt: skip
+    while True:
+        batch = next(batches, None)
+        # Under FSDP2 every forward is a collective, so all ranks run the same number: a rank whose
+        # share of a short split ran out runs fully masked batches (targets -1 add nothing).
+        if not D.any_rank(batch is not None, dist, device):
+            break
+        if batch is None:
+            x = torch.zeros(1, seq_len, dtype=torch.long, device=device)
+            batch = x, torch.full_like(x, -1)
+        x, y = batch
         with autocast:
             _, loss = model(x, y, loss_reduction="none")
         mask = y >= 0
@@ -453,13 +463,14 @@ def after_evaluation(
     state.prev_val_loss, state.prev_train_loss = val_loss, train_loss
 
     improved = state.best_val_loss is None or val_loss < state.best_val_loss - t.min_delta
-    if improved:
+    if improved:  # the same decision on every rank (val_loss was all-reduced)
         state.best_val_loss, state.best_val_bpb, state.best_step = val_loss, val_bpb, state.step
         state.evals_since_best = 0
+        weights = model_state_for_saving(model, keep=main)  # every rank: FSDP2 shards are gathered
         if main:
             save_checkpoint(
                 run_dir / "checkpoints" / "best",
-                model_state_for_saving(model),
+                weights,
                 checkpoint_meta(model, state, cfg, val_loss, val_bpb, init_meta),
             )
     else:
@@ -487,10 +498,14 @@ def after_evaluation(
 
 
 @torch.no_grad()
-def show_samples(model: GPT, tokenizer, cfg: RunConfig, step: int, run_dir: Path, say, device) -> None:
+def show_samples(
+    model: GPT, tokenizer, cfg: RunConfig, step: int, run_dir: Path, say, device, write: bool = True
+) -> None:
     """A few generations from the current weights, printed and appended to samples.jsonl.
 
-    Sampling runs under a forked random generator, so it never changes the training run.
+    Sampling runs under a forked random generator, so it never changes the training run. Under
+    FSDP2 every rank runs this (each forward is a collective) and draws the same tokens; only the
+    one with write=True prints and writes them.
     """
     t = cfg.train
     prompt = [tokenizer.bos_id] + tokenizer.encode(t.sample_prompt)
@@ -503,6 +518,8 @@ def show_samples(model: GPT, tokenizer, cfg: RunConfig, step: int, run_dir: Path
         torch.manual_seed(t.seed + step)
         out = model.generate(idx, t.sample_tokens, temperature=t.sample_temperature, top_k=200)
     model.train(was_training)
+    if not write:
+        return
     specials = set(tokenizer.special_ids.values())
     with open(run_dir / "samples.jsonl", "a") as f:
         for row in out.tolist():
@@ -544,17 +561,21 @@ def save_step_checkpoint(
     dist: D.DistInfo,
     init_meta: dict | None,
 ) -> None:
-    """RUN_DIR/checkpoints/step-NNNNNN/: weights, optimizer, TrainState, RNG and loader state; keep K newest."""
+    """RUN_DIR/checkpoints/step-NNNNNN/: weights, optimizer, TrainState, RNG and loader state; keep K newest.
+
+    Every rank calls this: the RNG states are gathered, and so are FSDP2's shards; rank 0 writes.
+    """
     rngs = D.gather_objects(rng_state(), dist)  # every rank's generators, so each resumes its own
+    weights = model_state_for_saving(model, keep=dist.is_main)
+    opt_tensors, opt_json = optimizer_state_to_tensors(optimizers, keep=dist.is_main)
     if not dist.is_main:
         return
-    opt_tensors, opt_json = optimizer_state_to_tensors(optimizers)
     rng_tensors = {f"{r}.{k}": v for r, s in enumerate(rngs) for k, v in s["tensors"].items()}
     saved_state = asdict(state) | {"elapsed_s": elapsed}
     root = run_dir / "checkpoints"
     save_checkpoint(
         root / f"step-{state.step:06d}",
-        model_state_for_saving(model),
+        weights,
         checkpoint_meta(model, state, cfg, state.prev_val_loss, None, init_meta),
         extra_tensors={"optimizer": opt_tensors, "rng": rng_tensors},
         extra_json={
@@ -567,8 +588,8 @@ def save_step_checkpoint(
     prune_checkpoints(root, cfg.train.keep_checkpoints)
 
 
-def restore(ckpt: Path, model: GPT, optimizers, loader, dist: D.DistInfo) -> TrainState:
-    """Load a step checkpoint into the model, optimizers, loader and RNGs; return its TrainState."""
+def restore_weights(ckpt: Path, model: GPT) -> None:
+    """Load a step checkpoint's weights into the (not yet sharded or wrapped) model."""
     weights, meta = load_checkpoint(ckpt)
     if meta["model_config"] != model.config.to_dict():
         raise CheckpointError(
@@ -580,6 +601,11 @@ def restore(ckpt: Path, model: GPT, optimizers, loader, dist: D.DistInfo) -> Tra
         raise CheckpointError(
             f"checkpoint {ckpt} does not fit the model: missing {missing}, unexpected {unexpected}"
         )
+
+
+def restore(ckpt: Path, optimizers, loader, dist: D.DistInfo) -> TrainState:
+    """Load a step checkpoint into the optimizers (sharded like their parameters under FSDP2), the
+    loader and the RNGs; return its TrainState. The weights went in first (`restore_weights`)."""
     load_optimizer_state(
         optimizers, load_extra(ckpt, "optimizer"), json.loads((ckpt / "optimizer.json").read_text())
     )
