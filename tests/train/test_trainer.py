@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 
 import pytest
 import torch
@@ -140,18 +141,97 @@ def test_existing_run_needs_resume(small_shards, tmp_path):
 
 
 @pytest.mark.parametrize("backend", ["tensorboard", "wandb"])
-def test_missing_logger_is_a_clear_error(small_shards, tmp_path, backend):
-    if _installed(backend):
-        pytest.skip(f"{backend} is installed here")
+def test_missing_logger_is_a_clear_error(small_shards, tmp_path, backend, monkeypatch):
+    # as if the package were not installed: importing a module mapped to None raises ImportError
+    for module in ("torch.utils.tensorboard", "tensorboard") if backend == "tensorboard" else ("wandb",):
+        monkeypatch.setitem(sys.modules, module, None)
     cfg = cfg_for(small_shards, "train.max_steps=2", f"train.log=[{backend}]")
     with pytest.raises(ConfigError, match=f"{backend}.*not installed.*pip install"):
         train(cfg, tmp_path / "run")
 
 
-def _installed(name: str) -> bool:
-    import importlib.util
+LOGGED = ("train.max_steps=6", "train.eval_interval=3", "train.log_interval=1", "train.samples=0")
 
-    return importlib.util.find_spec(name) is not None
+
+def logged_metrics(run) -> dict[str, dict[int, float]]:
+    """metrics.jsonl as the loggers should have it: {"train/train_loss": {step: value}, "eval/val_loss": …}."""
+    out: dict[str, dict[int, float]] = {}
+    for line in (run / "metrics.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        for key in ("train_loss", "val_loss", "val_bpb", "lr"):
+            if r.get(key) is not None:
+                out.setdefault(f"{r['kind']}/{key}", {})[r["step"]] = r[key]
+    return out
+
+
+def test_tensorboard_event_file_holds_the_metrics(small_shards, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "run"
+    train(cfg_for(small_shards, *LOGGED, "train.log=[tensorboard]"), run)
+    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    expected = logged_metrics(run)
+    assert len(expected["train/train_loss"]) == 6 and len(expected["eval/val_loss"]) == 2
+    for tag, by_step in expected.items():
+        logged = {e.step: e.value for e in events.Scalars(tag)}  # stored as float32
+        assert logged == pytest.approx(by_step, rel=1e-6), tag
+    # an evaluation's interval-mean train loss is its own tag, not a second value at that step
+    assert {e.step for e in events.Scalars("train/train_loss")} == set(range(1, 7))
+    assert {e.step for e in events.Scalars("eval/train_loss")} == {3, 6}
+
+
+def wandb_records(path):
+    """The protobuf records of an offline W&B run file (run-ID.wandb): W&B's LevelDB-style log of
+    32 KiB blocks, each record chunk behind a 7-byte header (crc32, length, type)."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    data = path.read_bytes()
+    assert struct.unpack("<4sHB", data[:7]) == (b":W&B", 0xBEE1, 0), "not a W&B run file (format changed?)"
+    pos, pending = 7, b""
+    while pos + 7 <= len(data):
+        if 32768 - pos % 32768 < 7:  # a block's tail too short for a header is padding
+            pos += 32768 - pos % 32768
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        if kind == 0:
+            break
+        chunk, pos = data[pos + 7 : pos + 7 + length], pos + 7 + length
+        pending = chunk if kind in (1, 2) else pending + chunk  # 1 full, 2 first, 3 middle, 4 last
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            yield record
+
+
+def test_wandb_offline_run_holds_the_metrics(small_shards, tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    for var in ("WANDB_DIR", "WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
+        monkeypatch.setenv(var, str(tmp_path / "wandb-home"))
+    monkeypatch.setenv("WANDB_MODE", "offline")  # nothing leaves the machine
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run = tmp_path / "run"
+    train(cfg_for(small_shards, *LOGGED, "train.log=[wandb]", "train.wandb_project=fornalha-test"), run)
+
+    (run_file,) = run.glob("wandb/offline-run-*/run-*.wandb")
+    history: dict[str, dict[int, float]] = {}
+    config = {}
+    for record in wandb_records(run_file):
+        if record.HasField("history"):
+            row = {"/".join(i.nested_key) or i.key: json.loads(i.value_json) for i in record.history.item}
+            for key, value in row.items():
+                history.setdefault(key, {})[row["_step"]] = value
+        elif record.HasField("run"):
+            config = {i.key: json.loads(i.value_json) for i in record.run.config.update}
+            assert record.run.project == "fornalha-test" and record.run.display_name == "run"
+    expected = logged_metrics(run)
+    assert len(expected["train/train_loss"]) == 6 and len(expected["eval/val_loss"]) == 2
+    for key, by_step in expected.items():
+        assert history[key] == pytest.approx(by_step, rel=1e-12), key
+    assert config["train"]["max_steps"] == 6 and config["model"]["n_layer"] == 2
 
 
 def test_init_from_and_grad_accum(small_shards, tmp_path):

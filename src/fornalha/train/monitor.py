@@ -189,6 +189,15 @@ def plot_losses(metrics_path: Path, out_png: Path, best_step: int | None = None)
 
 
 class ExternalLoggers:
+    """The records of metrics.jsonl, also sent to TensorBoard and/or W&B (train.log).
+
+    Each value is logged under "<kind>/<key>" at the record's step: "train/train_loss" every
+    log_interval steps, "eval/val_loss", "eval/train_loss" (the mean since the last evaluation), …
+    The prefix keeps an evaluation from overwriting the step's own training values, which share
+    the step number. TensorBoard writes RUN_DIR/tensorboard/; W&B writes RUN_DIR/wandb/ and, unless
+    WANDB_MODE=offline (then `wandb sync` uploads it later), streams to the W&B server.
+    """
+
     def __init__(self, backends: list[str], run_dir: Path, config: dict[str, Any], project: str) -> None:
         self.tb = None
         self.wandb = None
@@ -209,12 +218,18 @@ class ExternalLoggers:
                     "train.log asks for wandb, but it is not installed: pip install 'fornalha[track]' "
                     "(or pip install wandb)"
                 ) from None
-            self.wandb = wandb.init(project=project, dir=str(run_dir), config=config, name=run_dir.name)
+            try:
+                self.wandb = wandb.init(project=project, dir=str(run_dir), config=config, name=run_dir.name)
+            except wandb.errors.Error as exc:  # e.g. no API key: a setup problem, not a crash
+                raise ConfigError(
+                    f"train.log asks for wandb, but it could not start a run: {exc} "
+                    "(run `wandb login`, or set WANDB_MODE=offline to keep the run on disk)"
+                ) from None
 
     def log(self, record: dict[str, Any]) -> None:
-        step = record["step"]
+        step, kind = record["step"], record.get("kind", "train")
         values = {k: v for k, v in record.items() if isinstance(v, int | float) and not isinstance(v, bool)}
-        values = {k: v for k, v in values.items() if k != "step" and math.isfinite(v)}
+        values = {f"{kind}/{k}": v for k, v in values.items() if k != "step" and math.isfinite(v)}
         if self.tb is not None:
             for k, v in values.items():
                 self.tb.add_scalar(k, v, step)
