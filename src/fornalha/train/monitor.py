@@ -223,7 +223,7 @@ class ExternalLoggers:
             except wandb.errors.Error as exc:  # e.g. no API key: a setup problem, not a crash
                 raise ConfigError(
                     f"train.log asks for wandb, but it could not start a run: {exc} "
-                    "(run `wandb login`, or set WANDB_MODE=offline to keep the run on disk)"
+                    "(or set WANDB_MODE=offline to keep the run on disk and `wandb sync` it later)"
                 ) from None
 
     def log(self, record: dict[str, Any]) -> None:
