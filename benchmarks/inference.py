@@ -68,7 +68,17 @@ def _rss() -> int:
 
 
 class PeakRSS:
+    """Peak resident-memory growth inside the block; on a CUDA device (`PeakRSS.cuda = True`)
+    the peak of `torch.cuda.memory_allocated` instead (the weights, cache and activations live there)."""
+
+    cuda = False
+
     def __enter__(self) -> PeakRSS:
+        if self.cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.base = self.peak = torch.cuda.memory_allocated()
+            return self
         self.base = self.peak = _rss()
         self._stop = threading.Event()
         self._t = threading.Thread(target=self._watch, daemon=True)
@@ -80,6 +90,10 @@ class PeakRSS:
             self.peak = max(self.peak, _rss())
 
     def __exit__(self, *exc) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+            self.peak = torch.cuda.max_memory_allocated()
+            return
         self._stop.set()
         self._t.join()
         self.peak = max(self.peak, _rss())
@@ -135,17 +149,19 @@ def fornalha_case(
     return run
 
 
-def hf_case(run_dir: Path, tmp: Path) -> Callable[[list[list[int]], int], None]:
+def hf_case(
+    run_dir: Path, tmp: Path, device: torch.device, dtype: torch.dtype = torch.float32
+) -> Callable[[list[list[int]], int], None]:
     from transformers import AutoModelForCausalLM
 
     from fornalha.interop.hf import export_hf
 
     out = export_hf(run_dir, tmp / f"hf-{run_dir.name}")
-    model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(out, dtype=dtype).to(device).eval()
 
     @torch.inference_mode()
     def run(batch: list[list[int]], n: int) -> None:
-        ids = torch.tensor(batch)  # equal lengths: no padding needed
+        ids = torch.tensor(batch, device=device)  # equal lengths: no padding needed
         out = model.generate(
             ids,
             attention_mask=torch.ones_like(ids),
@@ -156,6 +172,8 @@ def hf_case(run_dir: Path, tmp: Path) -> Callable[[list[list[int]], int], None]:
             pad_token_id=2,
         )
         assert out.shape[1] == ids.shape[1] + n
+        if device.type == "cuda":
+            torch.cuda.synchronize()
 
     return run
 
@@ -176,16 +194,23 @@ JSON_NAME = {"fornalha": "fornalha", "fp32": "fornalha_fp32", "bf16": "fornalha_
 METRICS = ("b1_tok_s", "b8_tok_s", "prefill_tok_s", "ttft_ms", "peak_mb", "case_mb")
 
 
-def builders(model: GPT, tok, run_dir: Path, tmp: Path) -> dict[str, Callable[[], Callable]]:
+def builders(
+    model: GPT, tok, run_dir: Path, tmp: Path, device: torch.device
+) -> dict[str, Callable[[], Callable]]:
+    """On a GPU, `compiled` and `hf` run in bfloat16 (`compiled` with CUDA graphs), as one would serve there."""
+    gpu = device.type == "cuda"
+    half = {"dtype": torch.bfloat16} if gpu else {}
     return {
-        "fornalha": lambda: fornalha_case(model, tok, 8),
-        "fp32": lambda: fornalha_case(model, tok, 8, decode_weights=None),
-        "bf16": lambda: fornalha_case(copy.deepcopy(model), tok, 8, dtype=torch.bfloat16),
-        "int8": lambda: fornalha_case(model, tok, 8, decode_weights="int8"),
-        "dynamic": lambda: fornalha_case(model, tok, 8, decode_weights="dynamic"),
-        "compiled": lambda: fornalha_case(model, tok, 8, compile=True),
-        "nocache": lambda: fornalha_case(model, tok, 8, use_cache=False),
-        "hf": lambda: hf_case(run_dir, tmp),
+        "fornalha": lambda: fornalha_case(model, tok, 8, device=device),
+        "fp32": lambda: fornalha_case(model, tok, 8, decode_weights=None, device=device),
+        "bf16": lambda: fornalha_case(copy.deepcopy(model), tok, 8, dtype=torch.bfloat16, device=device),
+        "int8": lambda: fornalha_case(model, tok, 8, decode_weights="int8", device=device),
+        "dynamic": lambda: fornalha_case(model, tok, 8, decode_weights="dynamic", device=device),
+        "compiled": lambda: fornalha_case(
+            copy.deepcopy(model) if gpu else model, tok, 8, compile=True, device=device, **half
+        ),
+        "nocache": lambda: fornalha_case(model, tok, 8, use_cache=False, device=device),
+        "hf": lambda: hf_case(run_dir, tmp, device, half.get("dtype", torch.float32)),
     }
 
 
@@ -239,11 +264,15 @@ def main() -> None:
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile case (slow to build)")
     ap.add_argument("--no-hf", action="store_true", help="skip the transformers case")
     ap.add_argument("--cases", nargs="+", choices=list(CASES), help="only these cases")
+    ap.add_argument("--device", default="cpu", help="cpu (default) or cuda; memory is then CUDA memory")
     args = ap.parse_args()
+    device = torch.device(args.device)
+    PeakRSS.cuda = device.type == "cuda"
     if args.threads:
         torch.set_num_threads(args.threads)
+    gpu = f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs",
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs{gpu}",
         file=sys.stderr,
     )
 
@@ -261,7 +290,7 @@ def main() -> None:
                 c for c in wanted if not (c == "compiled" and args.no_compile or c == "hf" and args.no_hf)
             ]
             cases, case_mb = {}, {}
-            for name, build in builders(model, tok, run_dir, tmp).items():
+            for name, build in builders(model, tok, run_dir, tmp, device).items():
                 if name not in wanted:
                     continue
                 t0 = time.perf_counter()
