@@ -22,6 +22,9 @@ sub-modules (the tests check it gives the same logits as `GPT.forward`):
   SwiGLU gate and up projections become one matmul (their weights concatenated); an `Int8Linear`
   of a quantized model runs through the fused int8 kernel.
 
+`Decoder.prefill` is the other special case: whole prompts into empty cache rows, where plain causal
+attention over the prompt is all that is needed (no mask, no cache read, no temporary cache).
+
 For `torch.compile` the same function runs with static shapes: always the full batch of slots and
 the full cache length, with a mask instead of slicing, so one compiled graph (a CUDA graph with
 `mode="reduce-overhead"` on GPU) serves every step.
