@@ -65,7 +65,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--steps", type=int, default=300)
-    ap.add_argument("--batch-size", type=int, default=32, help="sequences of 1024 tokens per step (16: MFU 25 %%, 32: 38 %% on an H200)")
+    ap.add_argument(
+        "--batch-size",
+        type=int,
+        default=32,
+        help="sequences of 1024 tokens per step (16: MFU 25 %%, 32: 38 %% on an H200)",
+    )
     ap.add_argument("--no-compile", action="store_true")
     ap.add_argument("--smoke", action="store_true", help="a tiny model for 3 steps (checks the script runs)")
     args = ap.parse_args()
