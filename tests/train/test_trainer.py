@@ -262,3 +262,21 @@ def test_time_budget_ends_the_run(small_shards, tmp_path):
     assert summary["status"] == "time_budget"
     assert 3.0 <= summary["wall_time_s"] < 3.0 + 10
     assert torch.isfinite(torch.tensor(summary["best_val_loss"]))
+
+
+def test_peak_flops_cache_keeps_the_best_measurement(tmp_path, monkeypatch):
+    """A peak first measured on a busy machine must not stay the MFU denominator for good: each
+    call measures again and the cache keeps the maximum (and never lowers a better figure)."""
+    from fornalha.train import monitor
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    cpu = torch.device("cpu")
+    key = f"cpu|{monitor.platform.processor() or monitor.platform.machine()}|{torch.get_num_threads()}|torch.float32"
+    path = tmp_path / "fornalha" / "peak_flops.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({key: 1.0}))  # a "measurement" taken under heavy load
+    first = monitor.peak_flops(cpu, torch.float32)
+    assert first > 1e6 and json.loads(path.read_text())[key] == first
+    path.write_text(json.dumps({key: 1e18}))  # a better figure than this call can measure
+    assert monitor.peak_flops(cpu, torch.float32) == 1e18
+    assert json.loads(path.read_text())[key] == 1e18

@@ -63,8 +63,11 @@ def measure_matmul_flops(
 
 
 def peak_flops(device: torch.device, dtype: torch.dtype) -> float:
-    """The peak FLOP/s MFU is measured against: a datasheet figure for known GPUs, otherwise a
-    matmul measured once on this machine and cached in ~/.cache/fornalha/peak_flops.json."""
+    """The peak FLOP/s MFU is measured against: a datasheet figure for known GPUs, otherwise the
+    best matmul rate seen on this machine, kept in ~/.cache/fornalha/peak_flops.json.
+
+    Every run measures again (0.3 s) and the cache keeps the maximum: a figure first measured on
+    a busy machine would otherwise stay too low for good (and MFU read above 100 %)."""
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
         for key, flops in GPU_PEAKS.items():
@@ -76,8 +79,9 @@ def peak_flops(device: torch.device, dtype: torch.dtype) -> float:
         cache = json.loads(path.read_text())
     except (OSError, ValueError):
         cache = {}
-    if key not in cache:
-        cache[key] = measure_matmul_flops(device, dtype)
+    measured = measure_matmul_flops(device, dtype, seconds=0.3)
+    if measured > cache.get(key, 0.0):
+        cache[key] = measured
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(cache, indent=2))
