@@ -45,8 +45,9 @@ def measure_matmul_flops(
     device: torch.device, dtype: torch.dtype, n: int = 1024, seconds: float = 0.5
 ) -> float:
     """FLOP/s of a square n×n matmul in `dtype`, best of a few timed bursts."""
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
+    gen = torch.Generator(device=device).manual_seed(0)  # its own: the run's random stream is untouched
+    a = torch.randn(n, n, device=device, dtype=dtype, generator=gen)
+    b = torch.randn(n, n, device=device, dtype=dtype, generator=gen)
     for _ in range(2):
         a @ b
     best, deadline = 0.0, time.perf_counter() + seconds
