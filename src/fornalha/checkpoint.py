@@ -32,6 +32,7 @@ from safetensors.torch import load_file, save_file
 
 from fornalha.errors import CheckpointError
 from fornalha.model import GPT, ModelConfig
+from fornalha.train.distributed import full_tensor, unwrap
 
 FORMAT = "fornalha-checkpoint"
 VERSION = 1
@@ -75,17 +76,14 @@ def model_state_for_saving(model: torch.nn.Module, keep: bool = True) -> dict[st
     keep=False and get {} (a full copy lives on one rank's CPU at a time, one tensor at a time on
     the device).
     """
-    model = getattr(model, "_orig_mod", model)  # unwrap torch.compile
-    model = getattr(model, "module", model)  # unwrap DDP
+    model = unwrap(model)  # the GPT under torch.compile / DDP
     sd = model.state_dict()
     cfg = getattr(model, "config", None)
     if cfg is not None and getattr(cfg, "tie_embeddings", False):
         sd.pop("lm_head.weight", None)
     out = {}
     for k, v in sd.items():
-        v = v.detach()
-        if hasattr(v, "full_tensor"):  # a DTensor (FSDP2 shard)
-            v = v.full_tensor()
+        v = full_tensor(v.detach())  # an FSDP2 shard is gathered; a plain tensor stays as it is
         if keep:
             out[k] = v.contiguous().cpu()
     return out

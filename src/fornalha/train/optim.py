@@ -32,7 +32,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from fornalha.train.distributed import full_tensor, shard_like
+from fornalha.train.distributed import full_tensor, shard_like, unwrap
 
 # --------------------------------------------------------------------------------------------
 # Muon
@@ -172,9 +172,7 @@ def build_optimizers(model: nn.Module, cfg: Any) -> list[torch.optim.Optimizer]:
 
     Every param group records ``base_lr`` so `set_lr_multiplier` can apply a schedule.
     """
-    model = getattr(model, "_orig_mod", model)
-    model = getattr(model, "module", model)
-    groups = model.parameter_groups()  # {"matrix", "embedding", "head", "vector"}
+    groups = unwrap(model).parameter_groups()  # {"matrix", "embedding", "head", "vector"}
     kind = str(_get(cfg, "optimizer", "adamw")).lower()
     lr = float(_get(cfg, "lr", 1e-3))
     wd = float(_get(cfg, "weight_decay", 0.0))
