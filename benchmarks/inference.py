@@ -11,8 +11,9 @@ measures, for each case:
                                        and while it is built and run (case_mb: + KV cache,
                                        quantized copy, or transformers' own copy of the weights)
 
-Cases (see CASES): fornalha (the engine's default: fp16 decode weights on x86 CPUs), fp32 (the
-model's own float32 weights), bf16 (a bfloat16 copy of the model), int8 (fused int8 weight-only
+Cases (see CASES): fornalha (the engine's default: fp16 decode weights on x86 CPUs and, on CPUs, a
+float16 KV cache read by the hand-written kernel), kv32 (the same with a float32 cache and SDPA),
+fp32 (the model's own float32 weights and a float32 cache), bf16 (a bfloat16 copy of the model), int8 (fused int8 weight-only
 kernel), dynamic (fbgemm dynamic int8), compiled (torch.compile, static shapes; --no-compile
 skips), nocache (the whole sequence recomputed each step; --nocache-tokens new tokens only, since
 it is slow), hf (transformers `generate`, use_cache=True, on the folder `fornalha export hf`
@@ -180,8 +181,9 @@ def hf_case(
 
 #: Cases in table order: name -> (description, engine keyword arguments or a special builder).
 CASES = {
-    "fornalha": "the engine as configured by default (decode_weights='auto': fp16 on x86 CPUs)",
-    "fp32": "the engine with the model's own float32 weights (decode_weights=None)",
+    "fornalha": "the engine as configured by default (on x86 CPUs: fp16 weights, fp16 KV cache + kernel)",
+    "kv32": "the default engine but a float32 KV cache read by PyTorch's SDPA (kv_cache=None)",
+    "fp32": "the engine with the model's own float32 weights and cache (decode_weights=None, kv_cache=None)",
     "bf16": "the engine on a bfloat16 copy of the model (dtype=torch.bfloat16)",
     "int8": "int8 weights through the fused aten._weight_int8pack_mm (decode_weights='int8')",
     "dynamic": "fbgemm dynamic int8, activations quantized per batch (decode_weights='dynamic')",
@@ -189,7 +191,7 @@ CASES = {
     "nocache": "no KV cache: the whole sequence recomputed every step",
     "hf": "transformers generate(use_cache=True) on the exported folder, float32",
 }
-JSON_NAME = {"fornalha": "fornalha", "fp32": "fornalha_fp32", "bf16": "fornalha_bf16", "int8": "fornalha_int8",
+JSON_NAME = {"fornalha": "fornalha", "kv32": "fornalha_kv32", "fp32": "fornalha_fp32", "bf16": "fornalha_bf16", "int8": "fornalha_int8",
              "dynamic": "fornalha_dynamic", "compiled": "fornalha_compiled", "nocache": "nocache", "hf": "hf"}  # fmt: skip
 METRICS = ("b1_tok_s", "b8_tok_s", "prefill_tok_s", "ttft_ms", "peak_mb", "case_mb")
 
@@ -202,7 +204,8 @@ def builders(
     half = {"dtype": torch.bfloat16} if gpu else {}
     return {
         "fornalha": lambda: fornalha_case(model, tok, 8, device=device),
-        "fp32": lambda: fornalha_case(model, tok, 8, decode_weights=None, device=device),
+        "kv32": lambda: fornalha_case(model, tok, 8, kv_cache=None, device=device),
+        "fp32": lambda: fornalha_case(model, tok, 8, decode_weights=None, kv_cache=None, device=device),
         "bf16": lambda: fornalha_case(copy.deepcopy(model), tok, 8, dtype=torch.bfloat16, device=device),
         "int8": lambda: fornalha_case(model, tok, 8, decode_weights="int8", device=device),
         "dynamic": lambda: fornalha_case(model, tok, 8, decode_weights="dynamic", device=device),

@@ -69,6 +69,7 @@ def test_generate_prints_only_the_text(run_dir, capsys):
     assert code == 0
     assert out == expected(run_dir, "the fox", temperature=0, max_new_tokens=20) + "\n"
     assert "device" in err  # diagnostics on stderr
+    assert "KV cache fp16" in err  # the CPU default: a float16 cache read by the compiled kernel
     code, streamed, _ = cli(
         capsys,
         "generate",
@@ -122,6 +123,23 @@ def test_generate_errors(run_dir, capsys, tmp_path):
     assert code == 2 and out == "" and "does not fit the context" in err
     code, _, err = cli(capsys, "generate", "--run", str(run_dir), "--prompt", "x", "--top-p", "0")
     assert code == 2 and "top_p" in err
+    code, out, err = cli(capsys, "generate", "--run", str(run_dir), "--prompt", "x", "--kv-cache", "int4")
+    assert code == 2 and out == "" and "unknown --kv-cache 'int4'" in err
+    code, out, _ = cli(
+        capsys,
+        "generate",
+        "--run",
+        str(run_dir),
+        "-p",
+        "x",
+        "-t",
+        "0",
+        "--kv-cache",
+        "model",
+        "--device",
+        "cpu",
+    )
+    assert code == 0 and out.strip()
     bad = tmp_path / "bad.jsonl"
     for text, message in (
         ('{"prompt": "a"}\n{"prompt": "b"\n', "line 2: not valid JSON"),

@@ -77,9 +77,12 @@ def test_prefill_matches_model_forward(extra):
 
 def test_greedy_with_cache_equals_without_cache(model, tok):
     prompts, params = PROMPTS[:3], GREEDY.with_(max_new_tokens=16)
-    # The model's own float32 weights: the cache must not change a single logit's arg-max (the
-    # default fp16 decode weights are tested against float32 in test_infer_quantize.py).
-    cached = Engine(model, tok, max_batch_size=4, decode_weights=None).generate(prompts, params)
+    # The model's own float32 weights and a float32 cache: caching must not change a single
+    # logit's arg-max (the default fp16 decode weights and fp16 cache are tested against float32
+    # in test_infer_quantize.py and test_infer_kernels.py).
+    cached = Engine(model, tok, max_batch_size=4, decode_weights=None, kv_cache=None).generate(
+        prompts, params
+    )
     plain = Engine(model, tok, max_batch_size=4, use_cache=False).generate(prompts, params)
     for a, b, p in zip(cached, plain, prompts):
         assert a.completions[0].token_ids == b.completions[0].token_ids
@@ -242,7 +245,9 @@ def test_compiled_decode_step_matches_eager(model, tok):
     """Engine(compile=True): the static-shape decode step through torch.compile gives the eager
     engine's greedy tokens (rows of different lengths, so the masked path is the one compiled)."""
     params = GREEDY.with_(max_new_tokens=8)
-    eager = Engine(model, tok, max_batch_size=2, decode_weights=None).generate(PROMPTS[:2], params)
+    eager = Engine(model, tok, max_batch_size=2, decode_weights=None, kv_cache=None).generate(
+        PROMPTS[:2], params
+    )
     compiled = Engine(model, tok, max_batch_size=2, compile=True).generate(PROMPTS[:2], params)
     for a, b in zip(eager, compiled):
         assert a.completions[0].token_ids == b.completions[0].token_ids

@@ -107,6 +107,17 @@ def test_decode_weights_validation_loss_within_tolerance(trained, weights):
     assert abs(packed - exact) / exact < tolerance, (weights, exact, packed)
 
 
+def test_fp16_kv_cache_validation_loss_within_tolerance(trained):
+    """The engine's default float16 KV cache (read by the kernel on a CPU) costs at most as much
+    validation loss as fp16 weights, alone and together with them."""
+    model, val = trained
+    exact = decode_loss(model, val[:3], None)
+    for weights in (None, "fp16") if fbgemm_available() else (None,):
+        half = decode_loss(model, val[:3], weights, cache_dtype=torch.float16)
+        assert half != exact  # the cache really was float16
+        assert abs(half - exact) / exact < FP16_LOSS_TOLERANCE, (weights, exact, half)
+
+
 def _forward_loss(model, x, y) -> float:
     with torch.no_grad():
         return float(model(x, y, loss_reduction="sum")[1])
@@ -127,7 +138,7 @@ def test_default_engine_uses_fp16_and_matches_float32_greedy(trained):
     params = SamplingParams(temperature=0, max_new_tokens=16, ignore_eos=True)
     prompts = ["It is a truth", "the minds"]
     fast = engine.generate(prompts, params)
-    exact = Engine(model, tok, max_batch_size=2, decode_weights=None).generate(prompts, params)
+    exact = Engine(model, tok, max_batch_size=2, decode_weights=None, kv_cache=None).generate(prompts, params)
     for a, b in zip(fast, exact, strict=True):
         assert a.completions[0].token_ids == b.completions[0].token_ids
         assert a.completions[0].token_ids == reference_greedy(model, a.prompt_token_ids, 16)

@@ -27,6 +27,14 @@ DeviceOpt = Annotated[
 DtypeOpt = Annotated[
     str, typer.Option("--dtype", help="auto (bfloat16 on CUDA, else float32), float32, bfloat16 or float16.")
 ]
+KvCacheOpt = Annotated[
+    str,
+    typer.Option(
+        "--kv-cache",
+        help="KV-cache storage: auto (fp16 + a compiled kernel on CPUs, else the model's dtype), fp16, "
+        "or model (the model's dtype).",
+    ),
+]
 
 
 def _say(msg: str) -> None:
@@ -34,7 +42,13 @@ def _say(msg: str) -> None:
 
 
 def _load_engine(
-    run: Path, checkpoint: str, device: str, dtype: str, max_batch_size: int, compile: bool = False
+    run: Path,
+    checkpoint: str,
+    device: str,
+    dtype: str,
+    max_batch_size: int,
+    compile: bool = False,
+    kv_cache: str = "auto",
 ):
     """(engine, tokenizer) for a run folder, on the requested device and precision."""
     import torch
@@ -53,11 +67,23 @@ def _load_engine(
         dt = dtypes[dtype]
     else:
         raise ConfigError(f"unknown --dtype {dtype!r}; choose auto, {', '.join(dtypes)}")
+    kv_choices = {"auto": "auto", "fp16": "fp16", "model": None}
+    if kv_cache not in kv_choices:
+        raise ConfigError(f"unknown --kv-cache {kv_cache!r}; choose auto, fp16 or model")
     model, tokenizer, meta = load_run(run, which=checkpoint, device=dev)
-    _say(
-        f"model: {meta.get('path', run)} ({model.num_params() / 1e6:.1f}M parameters, {str(dt).split('.')[-1]})"
+    engine = Engine(
+        model,
+        tokenizer,
+        device=dev,
+        dtype=dt,
+        max_batch_size=max_batch_size,
+        compile=compile,
+        kv_cache=kv_choices[kv_cache],
     )
-    engine = Engine(model, tokenizer, device=dev, dtype=dt, max_batch_size=max_batch_size, compile=compile)
+    _say(
+        f"model: {meta.get('path', run)} ({model.num_params() / 1e6:.1f}M parameters, {str(dt).split('.')[-1]}; "
+        f"decode weights {engine.decode_weights or 'as the model'}, KV cache {engine.kv_cache or 'as the model'})"
+    )
     return engine, tokenizer
 
 
@@ -110,6 +136,7 @@ def generate_command(
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
     batch_size: Annotated[int, typer.Option("--batch-size", help="Sequences decoded together.")] = 8,
+    kv_cache: KvCacheOpt = "auto",
 ) -> None:
     """Continue a prompt with a trained model; prints only the generated text.
 
@@ -153,7 +180,7 @@ def generate_command(
                 plist.append(SamplingParams.from_dict({**base, **obj}))
             except ConfigError as exc:
                 raise ConfigError(f"{prompts_file}, line {lineno}: {exc}") from None
-        engine, _ = _load_engine(run, checkpoint, device, dtype, batch_size)
+        engine, _ = _load_engine(run, checkpoint, device, dtype, batch_size, kv_cache=kv_cache)
         for i, res in enumerate(engine.generate(prompts, plist)):
             out = {
                 "index": i,
@@ -171,7 +198,7 @@ def generate_command(
         return
 
     assert prompt is not None
-    engine, _ = _load_engine(run, checkpoint, device, dtype, batch_size)
+    engine, _ = _load_engine(run, checkpoint, device, dtype, batch_size, kv_cache=kv_cache)
     if stream:
         for piece in engine.stream(prompt, params):
             sys.stdout.write(piece)
@@ -196,6 +223,7 @@ def chat_command(
     checkpoint: CheckpointOpt = "best",
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
+    kv_cache: KvCacheOpt = "auto",
 ) -> None:
     """Chat with a model in the terminal, replies streamed as they are written.
 
@@ -213,7 +241,7 @@ def chat_command(
         top_k=top_k,
         repetition_penalty=repetition_penalty,
     )
-    engine, tokenizer = _load_engine(run, checkpoint, device, dtype, max_batch_size=1)
+    engine, tokenizer = _load_engine(run, checkpoint, device, dtype, max_batch_size=1, kv_cache=kv_cache)
     if not hasattr(tokenizer, "encode_chat"):
         raise FornalhaError("this run's tokenizer has no chat template (encode_chat)")
     interactive = sys.stdin.isatty()

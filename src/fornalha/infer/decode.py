@@ -25,6 +25,10 @@ sub-modules (the tests check it gives the same logits as `GPT.forward`):
 `Decoder.prefill` is the other special case: whole prompts into empty cache rows, where plain causal
 attention over the prompt is all that is needed (no mask, no cache read, no temporary cache).
 
+A float16 cache on a CPU (the engine's default there, see `Engine(kv_cache=...)`) is read by the
+hand-written kernel in `fornalha.infer.kernels` instead of SDPA: each row attends to exactly its own
+positions (no mask), reading half the bytes. Any other cache goes through SDPA.
+
 For `torch.compile` the same function runs with static shapes: always the full batch of slots and
 the full cache length, with a mask instead of slicing, so one compiled graph (a CUDA graph with
 `mode="reduce-overhead"` on GPU) serves every step.
@@ -40,6 +44,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from fornalha.infer.kernels import MAX_HEAD_DIM, decode_attention_kernel
 from fornalha.infer.quantize import Int8Linear, int8pack_linear, pack_linear
 from fornalha.model.gpt import GPT, MLP, KVCache, RMSNorm
 
@@ -123,6 +128,10 @@ class Decoder:
             torch.arange(B, device=dev)[:, None] * self.Hkv + torch.arange(self.Hkv, device=dev)
         ) * S
         self.positions = torch.arange(S, device=dev)
+        # A float16 cache on the CPU is read by the hand-written kernel (see fornalha.infer.kernels).
+        self.kernel = None
+        if cache.k.dtype == torch.float16 and dev.type == "cpu" and self.D <= MAX_HEAD_DIM:
+            self.kernel = decode_attention_kernel()
         self.refresh()
 
     def refresh(self) -> None:
@@ -218,6 +227,9 @@ class Decoder:
             )
             bias = bias[:, None, None, :]
             write_at = (self.offsets[:B] + pos[:, None]).reshape(-1)  # [B*Hkv] rows of the flat cache
+        if self.kernel is not None:
+            lengths = pos + 1  # each row attends to its own positions 0..pos: no mask needed
+        cache_dtype = self.cache.k.dtype
 
         for layer, (attn_norm, qkv, q_norm, k_norm, o_proj, mlp_norm, mlp) in enumerate(self.layers):
             h = qkv(attn_norm(x)).view(B, H + 2 * Hkv, D)
@@ -231,11 +243,17 @@ class Decoder:
                 kc[:B, :, same_pos] = k
                 vc[:B, :, same_pos] = v
             else:
-                self.k_flat[layer].index_copy_(0, write_at, k.reshape(B * Hkv, D))
-                self.v_flat[layer].index_copy_(0, write_at, v.reshape(B * Hkv, D))
-            keys, values = kc[:B, :, :kv_len], vc[:B, :, :kv_len]  # [B, Hkv, L, D] views
+                self.k_flat[layer].index_copy_(0, write_at, k.reshape(B * Hkv, D).to(cache_dtype))
+                self.v_flat[layer].index_copy_(0, write_at, v.reshape(B * Hkv, D).to(cache_dtype))
             # The G query heads of each key/value head act as G query rows: [B, Hkv, G, D].
-            y = F.scaled_dot_product_attention(q.reshape(B, Hkv, G, D), keys, values, attn_mask=bias)
+            q = q.reshape(B, Hkv, G, D)
+            if self.kernel is not None:
+                y = self.kernel(q.contiguous(), kc, vc, lengths, self.scale)
+            else:
+                keys, values = kc[:B, :, :kv_len], vc[:B, :, :kv_len]  # [B, Hkv, L, D] views
+                if keys.dtype != q.dtype:  # a reduced-precision cache without the kernel
+                    keys, values = keys.to(q.dtype), values.to(q.dtype)
+                y = F.scaled_dot_product_attention(q, keys, values, attn_mask=bias)
             x = x + o_proj(y.reshape(B, H * D))
             x = x + mlp(mlp_norm(x))
 
@@ -259,15 +277,19 @@ def static_decode_fn(decoder: Decoder) -> Callable[[torch.Tensor, torch.Tensor],
 
 @torch.inference_mode()
 def decode_loss(
-    model: GPT, batches: list[tuple[torch.Tensor, torch.Tensor]], weights: str | None = None
+    model: GPT,
+    batches: list[tuple[torch.Tensor, torch.Tensor]],
+    weights: str | None = None,
+    cache_dtype: torch.dtype | None = None,
 ) -> float:
-    """Mean next-token cross-entropy of the *decode step* (weights in `weights`), fed the inputs
-    one position at a time through the KV cache (teacher forcing): the quality of exactly the
-    logits the engine samples from. With weights=None it equals `GPT.forward`'s loss."""
+    """Mean next-token cross-entropy of the *decode step* (weights in `weights`, the KV cache in
+    `cache_dtype`, default the model's), fed the inputs one position at a time through the cache
+    (teacher forcing): the quality of exactly the logits the engine samples from. With the
+    defaults it equals `GPT.forward`'s loss."""
     total, count = 0.0, 0
     for x, y in batches:
         B, T = x.shape
-        cache = KVCache.allocate(model.config, B, T, x.device, model.wte.weight.dtype)
+        cache = KVCache.allocate(model.config, B, T, x.device, cache_dtype or model.wte.weight.dtype)
         dec = Decoder(model, cache, weights)
         pos = torch.zeros(B, dtype=torch.long, device=x.device)
         for t in range(T):

@@ -48,6 +48,7 @@ import torch
 
 from fornalha.errors import ConfigError, FornalhaError
 from fornalha.infer.decode import Decoder, static_decode_fn
+from fornalha.infer.kernels import MAX_HEAD_DIM, decode_attention_kernel
 from fornalha.infer.quantize import DECODE_WEIGHTS, fbgemm_available
 from fornalha.infer.sampling import SampleOutput, SamplingParams, SlotSampler
 from fornalha.infer.streaming import TextStream
@@ -158,6 +159,11 @@ class Engine:
         copy made here, the model untouched (prefill uses the model). "auto" (default): "fp16" for
         a float32 model on a CPU with fbgemm kernels (x86), where it is ~3–4× faster per step, else
         None. Greedy outputs then match float32 up to near-ties of the two best logits.
+    kv_cache: the KV cache's storage — None: the model's dtype; "fp16": float16, half the memory,
+        read on a CPU by the hand-written kernel of `fornalha.infer.kernels` (compiled on first
+        use). "auto" (default): "fp16" for a float32 model on a CPU where the kernel builds, else
+        None. Like fp16 weights it moves logits by ~1e-4, so greedy outputs match float32 up to
+        near-ties.
 
     >>> engine = Engine(model, tokenizer, max_batch_size=8)               # doctest: +SKIP
     >>> engine.generate(["Once upon a time"], SamplingParams(temperature=0))[0].text  # doctest: +SKIP
@@ -174,6 +180,7 @@ class Engine:
         compile: bool = False,
         use_cache: bool = True,
         decode_weights: str | None = "auto",
+        kv_cache: str | None = "auto",
     ) -> None:
         if max_batch_size < 1:
             raise ConfigError(f"max_batch_size must be >= 1, got {max_batch_size}")
@@ -190,10 +197,23 @@ class Engine:
         self.use_cache = use_cache
         self.dtype = model.wte.weight.dtype
 
-        self.cache = KVCache.allocate(self.config, max_batch_size, self.max_seq_len, self.device, self.dtype)
+        fast_path = self.device.type == "cpu" and self.dtype == torch.float32 and use_cache and not compile
+        if kv_cache == "auto":
+            kernel = (
+                fast_path and self.config.head_dim <= MAX_HEAD_DIM and decode_attention_kernel() is not None
+            )
+            kv_cache = "fp16" if kernel else None
+        if kv_cache not in (None, "fp16"):
+            raise ConfigError(f"kv_cache must be None, 'auto' or 'fp16', got {kv_cache!r}")
+        if kv_cache == "fp16" and compile:
+            raise ConfigError(
+                "kv_cache='fp16' is for the eager decode step; the compiled one keeps the model's dtype"
+            )
+        self.kv_cache = kv_cache
+        cache_dtype = torch.float16 if kv_cache == "fp16" else self.dtype
+        self.cache = KVCache.allocate(self.config, max_batch_size, self.max_seq_len, self.device, cache_dtype)
         if decode_weights == "auto":
-            fast_fp16 = self.device.type == "cpu" and self.dtype == torch.float32 and fbgemm_available()
-            decode_weights = "fp16" if fast_fp16 and use_cache and not compile else None
+            decode_weights = "fp16" if fast_path and fbgemm_available() else None
         if decode_weights is not None and decode_weights not in DECODE_WEIGHTS:
             raise ConfigError(f"decode_weights must be None, 'auto' or one of {DECODE_WEIGHTS}")
         self.decode_weights = decode_weights

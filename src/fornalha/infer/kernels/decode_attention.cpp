@@ -1,0 +1,141 @@
+// Decode attention over a float16 KV cache: one new query token per row, read in one pass.
+//
+// The Python reference is `fornalha.infer.kernels.decode_attention_reference`; the tests check
+// the two agree. Why a kernel at all: at decode time each row's attention reads its whole cache
+// (keys and values of every earlier token) to do very little arithmetic, so its speed is the speed
+// of reading memory. Storing the cache in float16 halves those bytes, but PyTorch's CPU attention
+// has no fast float16 path (it is slower than float32). This kernel reads float16 and does all the
+// arithmetic in float32.
+//
+// Shapes (all contiguous):
+//   q        [B, Hkv, G, D]      float32 — G query heads share each key/value head (GQA; G=1 for MHA)
+//   k, v     [Bmax, Hkv, S, D]   float16 — one cache layer; row b holds lengths[b] valid positions
+//   lengths  [B]                 int64   — row b attends to positions 0 .. lengths[b]-1
+//   returns  [B, Hkv, G, D]      float32 — softmax(q·kᵀ · scale) · v per row and head
+//
+// Every (row, head) is computed on its own, in a fixed order: a row's result never depends on
+// the other rows of the batch or on how many threads run (batched equals unbatched, bit for bit).
+
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+
+#if defined(__AVX512F__) || defined(__F16C__)
+#include <immintrin.h>
+#elif defined(__ARM_NEON)
+#include <arm_neon.h>
+#endif
+
+#include <algorithm>
+#include <cmath>
+#include <tuple>
+#include <vector>
+
+namespace {
+
+// float16 -> float32 for one vector of D values, with the CPU's conversion instruction where the
+// compiler targets one (-march=native): 16 values at a time with AVX-512, 8 with F16C (AVX2
+// machines), 4 with NEON (ARM); one by one otherwise.
+inline void to_float(const at::Half* src, float* dst, int64_t D) {
+  int64_t d = 0;
+#if defined(__AVX512F__)
+  for (; d + 16 <= D; d += 16)
+    _mm512_storeu_ps(dst + d, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + d))));
+#elif defined(__F16C__)
+  for (; d + 8 <= D; d += 8)
+    _mm256_storeu_ps(dst + d, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + d))));
+#elif defined(__ARM_NEON)
+  for (; d + 4 <= D; d += 4)
+    vst1q_f32(dst + d, vcvt_f32_f16(vld1_f16(reinterpret_cast<const __fp16*>(src + d))));
+#endif
+  for (; d < D; ++d) dst[d] = static_cast<float>(src[d]);
+}
+
+inline float dot(const float* a, const float* b, int64_t D) {
+  float acc = 0.f;
+#pragma omp simd reduction(+ : acc)
+  for (int64_t d = 0; d < D; ++d) acc += a[d] * b[d];
+  return acc;
+}
+
+inline void axpy(float alpha, const float* x, float* y, int64_t D) {
+#pragma omp simd
+  for (int64_t d = 0; d < D; ++d) y[d] += alpha * x[d];
+}
+
+constexpr int64_t kMaxHeadDim = 256;
+
+// One (row, kv head): its n cached positions against its G query heads, in three passes —
+// scores = q·kᵀ·scale, softmax, out = Σ_j p_j·v_j — keys and values each read once.
+// kD > 0: the head size as a compile-time constant (loops fully unrolled); kD = 0: any D.
+template <int64_t kD>
+void attend_one(const float* q, const at::Half* k, const at::Half* v, int64_t n, int64_t G,
+                int64_t head_dim, float scale, float* out, std::vector<float>& scores) {
+  const int64_t D = kD > 0 ? kD : head_dim;
+  alignas(64) float row[kD > 0 ? kD : kMaxHeadDim];
+  scores.resize(G * n);
+  for (int64_t j = 0; j < n; ++j) {
+    to_float(k + j * D, row, D);
+    for (int64_t g = 0; g < G; ++g) scores[g * n + j] = dot(q + g * D, row, D) * scale;
+  }
+  for (int64_t g = 0; g < G; ++g) {
+    float* s = scores.data() + g * n;
+    const float m = *std::max_element(s, s + n);
+    float sum = 0.f;
+    for (int64_t j = 0; j < n; ++j) sum += (s[j] = std::exp(s[j] - m));
+    const float inv = 1.f / sum;
+    for (int64_t j = 0; j < n; ++j) s[j] *= inv;
+  }
+  for (int64_t g = 0; g < G; ++g) std::fill(out + g * D, out + (g + 1) * D, 0.f);
+  for (int64_t j = 0; j < n; ++j) {
+    to_float(v + j * D, row, D);
+    for (int64_t g = 0; g < G; ++g) axpy(scores[g * n + j], row, out + g * D, D);
+  }
+}
+
+template <int64_t kD>
+void attend_all(const float* q, const at::Half* k, const at::Half* v, const int64_t* lengths,
+                int64_t B, int64_t H, int64_t G, int64_t S, int64_t D, float scale, float* out) {
+  // One task per (row, kv head), split over PyTorch's threads.
+  at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> scores;
+    for (int64_t bh = begin; bh < end; ++bh) {
+      const int64_t b = bh / H;
+      attend_one<kD>(q + bh * G * D, k + bh * S * D, v + bh * S * D, lengths[b], G, D, scale,
+                     out + bh * G * D, scores);
+    }
+  });
+}
+
+}  // namespace
+
+torch::Tensor decode_attention(torch::Tensor q, torch::Tensor k, torch::Tensor v,
+                               torch::Tensor lengths, double scale) {
+  TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4, "q, k, v must be 4-D");
+  TORCH_CHECK(q.scalar_type() == at::kFloat, "q must be float32");
+  TORCH_CHECK(k.scalar_type() == at::kHalf && v.scalar_type() == at::kHalf, "k, v must be float16");
+  TORCH_CHECK(q.is_contiguous() && k.is_contiguous() && v.is_contiguous(), "q, k, v must be contiguous");
+  TORCH_CHECK(k.sizes() == v.sizes(), "k and v must have the same shape");
+  const int64_t B = q.size(0), H = q.size(1), G = q.size(2), D = q.size(3), S = k.size(2);
+  TORCH_CHECK(k.size(0) >= B && k.size(1) == H && k.size(3) == D, "cache shape does not match q");
+  TORCH_CHECK(D <= kMaxHeadDim, "head_dim must be at most ", kMaxHeadDim, ", got ", D);
+  TORCH_CHECK(lengths.scalar_type() == at::kLong && lengths.is_contiguous() && lengths.numel() == B,
+              "lengths must be int64 with one entry per row");
+  const int64_t* L = lengths.data_ptr<int64_t>();
+  for (int64_t b = 0; b < B; ++b) TORCH_CHECK(L[b] >= 1 && L[b] <= S, "lengths must be in 1..S");
+
+  auto out = torch::empty_like(q);
+  auto args = std::make_tuple(q.data_ptr<float>(), k.data_ptr<at::Half>(), v.data_ptr<at::Half>(), L,
+                              B, H, G, S, D, static_cast<float>(scale), out.data_ptr<float>());
+  switch (D) {  // common head sizes get their own copy of the code, with D a constant
+    case 16: std::apply(attend_all<16>, args); break;
+    case 32: std::apply(attend_all<32>, args); break;
+    case 64: std::apply(attend_all<64>, args); break;
+    case 128: std::apply(attend_all<128>, args); break;
+    default: std::apply(attend_all<0>, args);
+  }
+  return out;
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("decode_attention", &decode_attention, "decode attention over a float16 KV cache");
+}

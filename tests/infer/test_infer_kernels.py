@@ -1,0 +1,149 @@
+"""The float16 decode-attention kernel: against its PyTorch reference, row independence, bad input,
+the engine's choice of KV cache, and the fallback when the kernel cannot be built.
+
+The kernel is compiled on first use (~25 s, once per machine). It must build wherever these tests
+run (Linux with a C++ compiler): a test here fails rather than skips when it does not."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from infer_helpers import random_model
+from test_infer_engine import GREEDY, PROMPTS
+
+import fornalha.infer.engine as engine_module
+from fornalha.errors import ConfigError
+from fornalha.infer import Engine
+from fornalha.infer.decode import Decoder
+from fornalha.infer.kernels import decode_attention_kernel, decode_attention_reference
+from fornalha.model.gpt import KVCache
+
+
+@pytest.fixture(scope="module")
+def kernel():
+    op = decode_attention_kernel()
+    from fornalha.infer import kernels
+
+    assert op is not None, f"the decode-attention kernel did not build: {kernels.unavailable_reason}"
+    return op
+
+
+def _inputs(B: int, H: int, G: int, D: int, S: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(B, H, G, D, generator=g)
+    k = torch.randn(B + 2, H, S, D, generator=g).half()  # more cache rows than the batch uses
+    v = torch.randn(B + 2, H, S, D, generator=g).half()
+    lengths = torch.randint(1, S + 1, (B,), generator=g)
+    lengths[0] = S  # one row uses the whole cache
+    return q, k, v, lengths
+
+
+@pytest.mark.parametrize(
+    "B,H,G,D,S",
+    [(4, 6, 1, 64, 40), (3, 2, 3, 16, 17), (2, 4, 2, 32, 9), (2, 2, 1, 40, 33), (1, 1, 4, 128, 5)],
+    ids=["mha-d64", "gqa-d16", "gqa-d32", "generic-d40", "d128"],
+)
+def test_kernel_matches_reference(kernel, B, H, G, D, S):
+    """Specialised head sizes (16, 32, 64, 128) and the generic path, grouped-query attention,
+    rows of different lengths, a cache with more rows than the batch."""
+    q, k, v, lengths = _inputs(B, H, G, D, S)
+    got = kernel(q, k, v, lengths, D**-0.5)
+    want = decode_attention_reference(q, k, v, lengths, D**-0.5)
+    assert got.shape == q.shape and got.dtype == torch.float32
+    torch.testing.assert_close(got, want, atol=2e-6, rtol=1e-5)
+
+
+def test_kernel_rows_are_independent(kernel):
+    """A row's output is bit-identical whether it runs alone or in a batch (no shared reductions),
+    whatever the thread count."""
+    q, k, v, lengths = _inputs(5, 4, 2, 64, 30, seed=1)
+    batched = kernel(q, k, v, lengths, 0.125)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        for b in range(5):
+            alone = kernel(q[b : b + 1].contiguous(), k[b : b + 1], v[b : b + 1], lengths[b : b + 1], 0.125)
+            assert torch.equal(alone[0], batched[b])
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_kernel_rejects_bad_input(kernel):
+    q, k, v, lengths = _inputs(2, 2, 1, 16, 8)
+    with pytest.raises(RuntimeError, match="float16"):
+        kernel(q, k.float(), v.float(), lengths, 0.25)
+    with pytest.raises(RuntimeError, match="1..S"):
+        kernel(q, k, v, torch.tensor([3, 9]), 0.25)
+    with pytest.raises(RuntimeError, match="one entry per row"):
+        kernel(q, k, v, torch.tensor([3]), 0.25)
+    with pytest.raises(RuntimeError, match="contiguous"):
+        kernel(q.permute(1, 0, 2, 3), k, v, lengths, 0.25)  # B = H = 2: same shape, other strides
+
+
+def test_decoder_with_fp16_cache_matches_model_forward(kernel):
+    """The decode step over a float16 cache (kernel) follows GPT.forward's float32 logits closely,
+    rows at different positions (per-row lengths) and at the same one."""
+    model = random_model(seed=4)
+    torch.manual_seed(1)
+    ref = KVCache.allocate(model.config, 3, 32)
+    cache = KVCache.allocate(model.config, 3, 32, dtype=torch.float16)
+    prompt, n_new = torch.randint(7, 263, (3, 6)), torch.tensor([6, 3, 5])
+    with torch.no_grad():
+        model(prompt, kv_cache=ref, n_new=n_new)
+        dec = Decoder(model, cache)
+        assert dec.kernel is not None
+        dec.prefill(prompt, n_new.tolist(), [0, 1, 2])
+        cache.pos[:] = n_new
+        for _ in range(4):
+            tok = torch.randint(7, 263, (3,))
+            want, _ = model(tok[:, None], kv_cache=ref)
+            pos = cache.pos.clone()
+            got = dec(tok, pos, 3, int(pos.max()) + 1)
+            cache.pos += 1
+            # float16 keeps ~3 significant digits of each key/value: logits move by ~1e-4 of their range
+            assert (got - want[:, 0]).abs().max() < 1e-3 * want.abs().max()
+            assert torch.equal(got.argmax(-1), want[:, 0].argmax(-1))
+        # Without the kernel the same float16 cache goes through SDPA (converted): same logits.
+        plain = Decoder(model, cache)
+        plain.kernel = None
+        tok, pos = torch.randint(7, 263, (3,)), cache.pos.clone()
+        a, b = dec(tok, pos, 3, int(pos.max()) + 1), plain(tok, pos, 3, int(pos.max()) + 1)
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_engine_defaults_to_fp16_cache_on_cpu(kernel, model, tok):
+    eng = Engine(model, tok, max_batch_size=2)
+    assert eng.kv_cache == "fp16" and eng.cache.k.dtype == torch.float16 and eng.decoder.kernel is not None
+    # Not for the naive loop or the compiled step, and never for a caller who says None.
+    assert Engine(model, tok, use_cache=False).cache.k.dtype == torch.float32
+    assert Engine(model, tok, compile=True).kv_cache is None
+    assert Engine(model, tok, kv_cache=None).cache.k.dtype == torch.float32
+    with pytest.raises(ConfigError, match="kv_cache"):
+        Engine(model, tok, kv_cache="int4")
+    with pytest.raises(ConfigError, match="compiled"):
+        Engine(model, tok, kv_cache="fp16", compile=True)
+
+
+def test_engine_falls_back_to_float32_cache_without_the_kernel(model, tok, monkeypatch):
+    """Where the kernel cannot be built, "auto" keeps a float32 cache and the outputs of the
+    float32 engine; an explicit "fp16" still works (converted for SDPA)."""
+    monkeypatch.setattr(engine_module, "decode_attention_kernel", lambda: None)
+    params = GREEDY.with_(max_new_tokens=12)
+    fallback = Engine(model, tok, max_batch_size=3, decode_weights=None)
+    assert fallback.kv_cache is None and fallback.cache.k.dtype == torch.float32
+    exact = Engine(model, tok, max_batch_size=3, decode_weights=None, kv_cache=None)
+    for a, b in zip(fallback.generate(PROMPTS[:3], params), exact.generate(PROMPTS[:3], params)):
+        assert a.completions[0].token_ids == b.completions[0].token_ids
+    explicit = Engine(model, tok, max_batch_size=3, decode_weights=None, kv_cache="fp16")
+    assert explicit.cache.k.dtype == torch.float16
+    assert len(explicit.generate(PROMPTS[:1], params)[0].completions[0].token_ids) == 12
+
+
+def test_kernel_switch_off(monkeypatch):
+    """FORNALHA_NO_KERNELS=1 turns the kernel off, with the reason recorded."""
+    from fornalha.infer import kernels
+
+    monkeypatch.setenv("FORNALHA_NO_KERNELS", "1")
+    assert kernels.decode_attention_kernel.__wrapped__() is None
+    assert "FORNALHA_NO_KERNELS" in kernels.unavailable_reason
+    monkeypatch.setattr(kernels, "unavailable_reason", None)
