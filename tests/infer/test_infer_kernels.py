@@ -6,6 +6,8 @@ run (Linux with a C++ compiler): a test here fails rather than skips when it doe
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from infer_helpers import random_model
@@ -146,4 +148,37 @@ def test_kernel_switch_off(monkeypatch):
     monkeypatch.setenv("FORNALHA_NO_KERNELS", "1")
     assert kernels.decode_attention_kernel.__wrapped__() is None
     assert "FORNALHA_NO_KERNELS" in kernels.unavailable_reason
+    monkeypatch.setattr(kernels, "unavailable_reason", None)
+
+
+def test_build_failure_and_stale_lock(monkeypatch, tmp_path, capsys):
+    """A build that fails (no compiler, …) gives None, the reason, and one line on stderr; a lock
+    file left by a killed build is removed when stale (else the build would wait on it forever),
+    a fresh one (a build running in another process) is left alone."""
+    import os
+    import time
+
+    from torch.utils import cpp_extension
+
+    from fornalha.infer import kernels
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    build = kernels.decode_attention_kernel.__wrapped__
+
+    def failing_load(**kw):
+        raise RuntimeError("Error building extension\nc++: command not found")
+
+    monkeypatch.setattr(cpp_extension, "load", failing_load)
+    assert build() is None
+    assert "command not found" in kernels.unavailable_reason
+    err = capsys.readouterr().err
+    assert "compiling" in err and "unavailable" in err and "float32 KV cache" in err
+
+    lock = Path(cpp_extension._get_build_directory(f"fornalha_decode_attention_{kernels._cpu_tag()}", False))
+    lock = lock / "lock"
+    lock.touch()
+    assert build() is None and lock.exists()  # fresh: somebody is building
+    old = time.time() - 3600
+    os.utime(lock, (old, old))
+    assert build() is None and not lock.exists()  # stale: removed
     monkeypatch.setattr(kernels, "unavailable_reason", None)

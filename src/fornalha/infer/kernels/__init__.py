@@ -19,11 +19,13 @@ float32 cache and PyTorch's attention: slower, never wrong.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import os
 import platform
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -85,10 +87,18 @@ def decode_attention_kernel() -> Callable[..., torch.Tensor] | None:
 
     name = f"fornalha_decode_attention_{_cpu_tag()}"
     try:
-        built = Path(cpp_extension._get_build_directory(name, verbose=False), f"{name}.so").exists()
-    except Exception:  # a private helper: only used to decide whether to announce a build
-        built = False
-    if not built:
+        build_dir = Path(cpp_extension._get_build_directory(name, verbose=False))
+    except Exception:  # a private helper: only used for the two conveniences below
+        build_dir = None
+    if build_dir is not None:
+        # A build that was killed (SIGKILL, a power cut) leaves its lock file behind, and the next
+        # build would wait on it forever; a real build takes under a minute, so a lock older than
+        # 10 minutes is stale.
+        lock = build_dir / "lock"
+        with contextlib.suppress(OSError):
+            if time.time() - lock.stat().st_mtime > 600:
+                lock.unlink()
+    if build_dir is None or not (build_dir / f"{name}.so").exists():
         print(
             "fornalha: compiling the float16 decode-attention kernel (once for this CPU, ~25 s)…",
             file=sys.stderr,
