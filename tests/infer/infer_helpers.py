@@ -61,3 +61,16 @@ def random_model(seed: int = 0, **kw) -> GPT:
     torch.manual_seed(seed)
     kw.setdefault("init_std", 0.3)
     return GPT(tiny_config(**kw)).eval()
+
+
+def decode_steps(model: GPT, dec, cache, ref, n: int = 4):
+    """n random decode steps: `dec` (a Decoder over `cache`) against GPT.forward over `ref`,
+    rows at their own positions. Yields (decoder logits, GPT.forward logits), each [rows, vocab]."""
+    rows = cache.pos.numel()
+    for _ in range(n):
+        tok = torch.randint(7, 263, (rows,))
+        want, _ = model(tok[:, None], kv_cache=ref)
+        pos = cache.pos.clone()
+        got = dec(tok, pos, rows, int(pos.max()) + 1)
+        cache.pos += 1
+        yield got, want[:, 0].float()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from infer_helpers import decode_steps
 
 from fornalha.errors import FornalhaError
 from fornalha.infer import Engine, SamplingParams
@@ -35,13 +36,8 @@ def test_decoder_matches_model_forward(model):
         model(prompt, kv_cache=cache_a, n_new=n_new)
         model(prompt, kv_cache=cache_b, n_new=n_new)
         dec = Decoder(model, cache_b)
-        for _ in range(4):
-            tok = torch.randint(7, 263, (3,))
-            want, _ = model(tok[:, None], kv_cache=cache_a)
-            pos = cache_b.pos.clone()
-            got = dec(tok, pos, 3, int(pos.max()) + 1)
-            cache_b.pos += 1
-            torch.testing.assert_close(got, want[:, 0].float(), atol=1e-5, rtol=1e-5)
+        for got, want in decode_steps(model, dec, cache_b, cache_a):
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
         # the same-position fast path
         cache_b.pos[:] = cache_a.pos[:] = 12
         tok = torch.randint(7, 263, (3,))
