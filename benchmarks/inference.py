@@ -10,6 +10,9 @@ measures, for each case:
     peak memory                        peak RSS growth while the case generates (sampled every 2 ms),
                                        and while it is built and run (case_mb: + KV cache,
                                        quantized copy, or transformers' own copy of the weights)
+    val loss (with --run)              the validation loss of the case's own decode step (its
+                                       weights format and KV-cache dtype, teacher-forced) on 16
+                                       windows of RUN/dataset/val, and its change against `fp32`
 
 Cases (see CASES): fornalha (the engine's default: fp16 decode weights on x86 CPUs and, on CPUs, a
 float16 KV cache read by the hand-written kernel), kv32 (the same with a float32 cache and SDPA),
@@ -21,6 +24,7 @@ writes). All cases are built first, then measured interleaved (best of --repeat)
 
     .venv/bin/python benchmarks/inference.py                   # both sizes, all cases
     .venv/bin/python benchmarks/inference.py --sizes 10M --no-compile --new-tokens 100
+    .venv/bin/python benchmarks/inference.py --run runs/demo --no-compile   # a trained run: + val loss
 
 A table with ratios and the target check (batch 1 ≥ 3× hf, batch 8 ≥ 4× batch 1) goes to stdout;
 the LAST line is one JSON object with every figure, keys `<case>_<size>_<metric>` plus the headline
@@ -132,6 +136,51 @@ def prompts(batch: int, length: int, vocab: int, seed: int = 0) -> list[list[int
     return [[0, *torch.randint(7, vocab, (length - 1,), generator=g).tolist()] for _ in range(batch)]
 
 
+def fit_context(args: argparse.Namespace, block: int) -> argparse.Namespace:
+    """The lengths of `args`, shortened where a model's context (`block`) is smaller (a --run)."""
+    fit = copy.copy(args)
+    fit.prefill_len = min(args.prefill_len, block - 1)
+    fit.new_tokens = min(args.new_tokens, block - args.prompt_len)
+    fit.nocache_tokens = min(args.nocache_tokens, fit.new_tokens)
+    if (fit.prefill_len, fit.new_tokens) != (args.prefill_len, args.new_tokens):
+        print(
+            f"   context {block}: prefill {fit.prefill_len} tokens, {fit.new_tokens} new tokens",
+            file=sys.stderr,
+        )
+    return fit
+
+
+def val_batches(run_dir: Path, tokenizer, seq_len: int, windows: int = 16) -> list | None:
+    """Windows of the run's held-out text (RUN/dataset/val, as `fornalha pipeline` writes it) as
+    (x, y) batches of 8, or None when the run has no such split."""
+    from fornalha.data.dataset import iter_texts
+    from fornalha.evaluate.loss import iter_document_tokens, iter_windows
+
+    if not (run_dir / "dataset" / "val").is_dir():
+        return None
+    stream = iter_windows(iter_document_tokens(tokenizer, iter_texts(run_dir / "dataset", "val")), seq_len)
+    full = [w for _, w in zip(range(windows), (w for w in stream if len(w[0]) == seq_len))]
+    if not full:
+        return None
+    return [
+        (torch.tensor([x for x, _ in full[i : i + 8]]), torch.tensor([y for _, y in full[i : i + 8]]))
+        for i in range(0, len(full), 8)
+    ]
+
+
+def decode_val_loss(run: Callable, batches: list) -> float | None:
+    """The validation loss of a case's own decode step (its weights format, its cache's dtype),
+    teacher-forced one token at a time (`fornalha.infer.decode.decode_loss`)."""
+    from fornalha.infer.decode import decode_loss
+
+    engine = getattr(run, "engine", None)
+    if engine is None or not engine.use_cache:
+        return None
+    dev = engine.device
+    moved = [(x.to(dev), y.to(dev)) for x, y in batches]
+    return decode_loss(engine.model, moved, engine.decode_weights, engine.cache.k.dtype)
+
+
 # --------------------------------------------------------------------------------------------
 # Cases: each is a function (list of prompt ids, new tokens) -> None that generates greedily
 # --------------------------------------------------------------------------------------------
@@ -147,6 +196,7 @@ def fornalha_case(
         res = engine.generate(batch, params, add_bos=False)
         assert all(len(r.completions[0].token_ids) == n for r in res)
 
+    run.engine = engine  # for the validation loss of exactly what it decodes with
     return run
 
 
@@ -306,11 +356,18 @@ def main() -> None:
                     continue
                 case_mb[name] = whole.delta_mb
                 print(f"   {name}: built in {time.perf_counter() - t0:.1f}s — {CASES[name]}", file=sys.stderr)
-            for name, figures in measure_all(cases, vocab, args).items():
+            batches = val_batches(run_dir, tok, min(128, model.config.block_size)) if args.run else None
+            if args.run and batches is None:
+                print(f"   no {run_dir / 'dataset' / 'val'}: no validation loss", file=sys.stderr)
+            fit = fit_context(args, model.config.block_size)
+            for name, figures in measure_all(cases, vocab, fit).items():
                 figures["case_mb"] = case_mb[name]
+                loss = decode_val_loss(cases[name], batches) if batches else None
+                if loss is not None:
+                    figures["val_loss"] = loss
                 table.append((size, name, figures))
                 for metric, value in figures.items():
-                    results[f"{name}_{size}_{metric}"] = round(value, 2)
+                    results[f"{name}_{size}_{metric}"] = round(value, 6 if metric == "val_loss" else 2)
             del cases
 
     # Headline keys: the first size (10M by default).
@@ -319,9 +376,14 @@ def main() -> None:
         if size == first:
             for metric in METRICS:
                 results[f"{JSON_NAME[name]}_{metric}"] = round(figures[metric], 2)
+            if "val_loss" in figures:
+                results[f"{JSON_NAME[name]}_val_loss"] = round(figures["val_loss"], 6)
 
     header = f"{'size':<6}{'case':<10}{'b1 tok/s':>10}{'b8 tok/s':>10}{'b8/b1':>7}{'prefill/s':>11}"
-    header += f"{'TTFT ms':>9}{'peak MB':>9}{'case MB':>9}{'b1 vs hf':>10}{'b1 vs nocache':>15}  target"
+    header += f"{'TTFT ms':>9}{'peak MB':>9}{'case MB':>9}{'b1 vs hf':>10}{'b1 vs nocache':>15}"
+    with_loss = any("val_loss" in f for _, _, f in table)
+    header += f"{'val loss':>10}{'vs fp32':>10}" if with_loss else ""
+    header += "  target"
     print(header)
     print("-" * len(header))
     for size, name, f in table:
@@ -338,9 +400,16 @@ def main() -> None:
                 + ", b8>=4x b1 "
                 + ("yes" if b8b1 >= 4 else "no")
             )
+        loss = ""
+        if with_loss:
+            exact = ref.get("fp32", {}).get("val_loss")
+            value, change = f.get("val_loss"), "-"
+            if value is not None and exact:
+                change = f"{(value - exact) / exact * 100:+.4f}%"
+            loss = f"{value:>10.4f}{change:>10}" if value is not None else f"{'-':>10}{'-':>10}"
         print(
             f"{size:<6}{name:<10}{f['b1_tok_s']:>10.1f}{f['b8_tok_s']:>10.1f}{b8b1:>7.2f}"
-            f"{f['prefill_tok_s']:>11.0f}{f['ttft_ms']:>9.1f}{f['peak_mb']:>9.1f}{f['case_mb']:>9.1f}{vs_hf:>10}{vs_nc:>15}  {met}"
+            f"{f['prefill_tok_s']:>11.0f}{f['ttft_ms']:>9.1f}{f['peak_mb']:>9.1f}{f['case_mb']:>9.1f}{vs_hf:>10}{vs_nc:>15}{loss}  {met}"
         )
     if "fornalha_b1_tok_s" in results and "hf_b1_tok_s" in results:
         results["ratio_b1_vs_hf"] = round(results["fornalha_b1_tok_s"] / results["hf_b1_tok_s"], 2)
