@@ -17,39 +17,16 @@ from fornalha.cli import main
 from fornalha.infer import Engine, SamplingParams
 from fornalha.interop import import_hf
 from fornalha.tokenizer import HFTokenizer
+from hf_helpers import CHATML, byte_level_tokenizer
 
 transformers = pytest.importorskip("transformers")
 
-CHATML = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-)
 TEXTS = ["Olá, coração! café 🙂 中文", "To be, or not to be, that is the question.", "numbers 12345\n\tx"]
 
 
 def foreign_model(out: Path, template: str | None = CHATML) -> Path:
     """What a user has on disk for a small public Llama (SmolLM2-style), at toy size."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400,
-        special_tokens=["<s>", "</s>", "<|im_start|>", "<|im_end|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tok.train_from_iterator(TEXTS * 30, trainer)
-    fast = transformers.PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token="<s>",
-        eos_token="</s>",
-        additional_special_tokens=["<|im_start|>", "<|im_end|>"],
-        **({"chat_template": template} if template else {}),
-    )
-    fast.save_pretrained(out)
+    fast = byte_level_tokenizer(out, TEXTS * 30, vocab_size=400, template=template)
     config = transformers.LlamaConfig(
         vocab_size=len(fast) + 8,  # padded past the tokenizer, as many models are
         hidden_size=32,

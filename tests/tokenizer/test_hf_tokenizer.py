@@ -16,6 +16,7 @@ import pytest
 
 from fornalha.errors import FornalhaError
 from fornalha.tokenizer import BPETokenizer, HFTokenizer, Tokenizer, load_tokenizer, train_bpe
+from hf_helpers import CHATML, SPECIALS, byte_level_tokenizer
 
 transformers = pytest.importorskip("transformers")
 
@@ -28,13 +29,6 @@ TEXTS = [
     "emoji 👩‍👩‍👧 and 🇵🇹 flags, math ∑∫√ and ÿĀ\x00\x7f",
     "",
 ]
-CHATML = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-)
-SPECIALS = ["<s>", "</s>", "<|im_start|>", "<|im_end|>"]
 MESSAGES = [
     {"role": "system", "content": "You are brief."},
     {"role": "user", "content": "Olá! Quanto é 2+2? 🙂"},
@@ -50,25 +44,7 @@ def corpus() -> list[str]:
 
 def byte_level_folder(out: Path, template: str | None = CHATML) -> Path:
     """A SmolLM2/Qwen-style folder: byte-level BPE with ChatML special tokens at ids 0..3."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.post_processor = processors.ByteLevel(trim_offsets=False)
-    trainer = trainers.BpeTrainer(
-        vocab_size=700, special_tokens=SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    tok.train_from_iterator(corpus(), trainer)
-    kwargs = {"chat_template": template} if template else {}
-    fast = transformers.PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token="<s>",
-        eos_token="</s>",
-        additional_special_tokens=["<|im_start|>", "<|im_end|>"],
-        **kwargs,
-    )
-    fast.save_pretrained(out)
+    byte_level_tokenizer(out, corpus(), vocab_size=700, template=template)
     return out
 
 
