@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import time
 import warnings
@@ -32,7 +33,6 @@ from safetensors.torch import load_file, save_file
 
 from fornalha.errors import CheckpointError
 from fornalha.model import GPT, ModelConfig
-from fornalha.train.distributed import full_tensor, unwrap
 
 FORMAT = "fornalha-checkpoint"
 VERSION = 1
@@ -68,25 +68,26 @@ def _write_json(path: Path, obj: Any) -> None:
         os.fsync(f.fileno())
 
 
-def model_state_for_saving(model: torch.nn.Module, keep: bool = True) -> dict[str, torch.Tensor]:
+def model_state_for_saving(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The state dict as plain CPU tensors, without the tied LM head (safetensors stores each tensor once).
 
-    Under FSDP2 the parameters are DTensor shards: each one is all-gathered into the full tensor,
-    which is a collective, so every rank must call this; ranks that will not write the file pass
-    keep=False and get {} (a full copy lives on one rank's CPU at a time, one tensor at a time on
-    the device).
+    For a plain model; the trainer gathers sharded (FSDP2) and wrapped models itself
+    (`fornalha.train.resume.gathered_weights`).
     """
-    model = unwrap(model)  # the GPT under torch.compile / DDP
     sd = model.state_dict()
     cfg = getattr(model, "config", None)
     if cfg is not None and getattr(cfg, "tie_embeddings", False):
         sd.pop("lm_head.weight", None)
-    out = {}
-    for k, v in sd.items():
-        v = full_tensor(v.detach())  # an FSDP2 shard is gathered; a plain tensor stays as it is
-        if keep:
-            out[k] = v.contiguous().cpu()
-    return out
+    return {k: v.detach().contiguous().cpu() for k, v in sd.items()}
+
+
+def _fault(point: str, name: str) -> None:
+    """Tests only: FORNALHA_FAULT=POINT:NAME kills this process (SIGKILL) at that point of writing
+    checkpoint NAME, e.g. `after-model:step-000010` or `between-renames:best`."""
+    if os.environ.get("FORNALHA_FAULT") == f"{point}:{name}":
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def save_checkpoint(
@@ -115,6 +116,7 @@ def save_checkpoint(
         files[name] = sha256_file(path)
 
     add_tensors(MODEL_FILE, model_state)
+    _fault("after-model", ckpt_dir.name)
     for stem, tensors in (extra_tensors or {}).items():
         add_tensors(f"{stem}.safetensors", tensors)
     for stem, obj in (extra_json or {}).items():
@@ -133,9 +135,12 @@ def save_checkpoint(
     _fsync_dir(tmp)
 
     # Publish: a fresh name is one rename; replacing (e.g. "best") moves the old one aside first.
+    # A kill between the two renames leaves only .NAME.old-PID: readers then use it
+    # (`resolve_checkpoint`) and the next writer puts it back (`fornalha.train.resume`).
     old = ckpt_dir.parent / f".{ckpt_dir.name}.old-{os.getpid()}"
     if ckpt_dir.exists():
         os.rename(ckpt_dir, old)
+        _fault("between-renames", ckpt_dir.name)
     os.rename(tmp, ckpt_dir)
     _fsync_dir(ckpt_dir.parent)
     if old.exists():
@@ -197,7 +202,8 @@ def step_checkpoints(ckpt_root: str | Path) -> list[Path]:
     root = Path(ckpt_root)
     if not root.is_dir():
         return []
-    return sorted((p for p in root.glob("step-*") if p.is_dir()), key=lambda p: p.name, reverse=True)
+    steps = (p for p in root.glob("step-*") if p.is_dir() and re.fullmatch(r"step-\d{6,}", p.name))
+    return sorted(steps, key=lambda p: p.name, reverse=True)
 
 
 def latest_checkpoint(ckpt_root: str | Path) -> Path | None:
@@ -230,6 +236,13 @@ def resolve_checkpoint(path: str | Path, which: str = "best") -> Path:
     root = path / "checkpoints" if (path / "checkpoints").is_dir() else path
     if which == "best" and (root / "best" / META_FILE).is_file():
         return root / "best"
+    if which == "best":  # a replacement of best/ cut between its two renames left it aside
+        for aside in sorted(root.glob(".best.old-*")):
+            try:
+                verify_checkpoint(aside)
+                return aside
+            except CheckpointError:
+                continue
     if which not in ("best", "last", "latest"):
         cand = root / which
         if (cand / META_FILE).is_file():

@@ -128,9 +128,14 @@ def test_corrupt_newest_checkpoint_falls_back(small_shards, tmp_path):
     with pytest.warns(UserWarning, match="step-000020.*does not match its sha256"):
         assert latest_checkpoint(run / "checkpoints").name == "step-000010"
     more = cfg_for(small_shards, "train.max_steps=30", "train.eval_interval=10", "train.keep_checkpoints=3")
-    with pytest.warns(UserWarning, match="falling back"):
-        summary = train(more, run, resume=True)
+    summary = train(more, run, resume=True)
     assert summary["steps"] == 30
+    # the damaged checkpoint was moved aside, not rotated away
+    (damaged,) = (run / "checkpoints" / "damaged").iterdir()
+    assert (
+        damaged.name.startswith("step-000020-")
+        and (damaged / "model.safetensors").read_bytes() == data[: len(data) // 2]
+    )
 
 
 def test_existing_run_needs_resume(small_shards, tmp_path):

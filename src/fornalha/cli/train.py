@@ -19,9 +19,12 @@ def _cli_overrides(
     vocab_size: int | None,
     time_budget: float | None,
     device: str | None,
+    init_from: str | None = None,
 ) -> list[str]:
     """--set values first, then the dedicated flags (which win)."""
     out = list(sets or [])
+    if init_from is not None:
+        out.append(f"train.init_from={json.dumps(init_from)}")
     if data is not None:  # JSON quoting: a path is always a string, whatever it looks like
         out.append(f"data.path={json.dumps(data)}")
     if tokenizer is not None:
@@ -60,6 +63,18 @@ def train_command(
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue the run in --out from its newest valid checkpoint.")
     ] = False,
+    restart: Annotated[
+        bool,
+        typer.Option(
+            "--restart",
+            help="With --resume: when no checkpoint is valid, train again from step 0 "
+            "(damaged checkpoints are kept in checkpoints/damaged/, best/ until beaten).",
+        ),
+    ] = False,
+    init_from: Annotated[
+        str | None,
+        typer.Option("--init-from", help="Start from this run's (or checkpoint's) weights: fine-tuning."),
+    ] = None,
     time_budget: Annotated[
         float | None,
         typer.Option("--time-budget", help="Wall-clock minutes; the schedule and evaluations fit to it."),
@@ -71,7 +86,10 @@ def train_command(
         bool, typer.Option("--print-config", help="Print the resolved config and exit.")
     ] = False,
 ) -> None:
-    """Train a GPT from scratch (or resume, or fine-tune with --set train.init_from=RUN).
+    """Train a GPT from scratch (or resume, or fine-tune with --init-from RUN).
+
+    --out must be new, empty or a run folder; one process at a time writes it. Ctrl-C saves a
+    checkpoint and prints the command that resumes (a second Ctrl-C aborts at once).
 
     Examples:
 
@@ -83,6 +101,8 @@ def train_command(
 
       fornalha train --out runs/c --resume
 
+      fornalha train --preset tiny --data data/pt --init-from runs/b --set train.lr=3e-4 --out runs/tuned
+
       torchrun --nproc_per_node=2 -m fornalha.cli train --preset tiny --data shards/pt --out runs/ddp
     """
     from fornalha.train.config import load_config
@@ -92,13 +112,16 @@ def train_command(
         config = run_config  # resume with the run's own resolved config
     if preset is None and config is None:
         preset = "tiny"
-    cfg = load_config(preset, config, _cli_overrides(sets, data, tokenizer, vocab_size, time_budget, device))
+    overrides = _cli_overrides(sets, data, tokenizer, vocab_size, time_budget, device, init_from)
+    cfg = load_config(preset, config, overrides)
     if print_config:
         print(cfg.to_yaml(), end="")
         return
+    from fornalha.train.lock import check_out_folder
     from fornalha.train.trainer import train
 
-    train(cfg, out, resume=resume)
+    check_out_folder(out)
+    train(cfg, out, resume=resume, restart=restart)
 
 
 def sweep_command(

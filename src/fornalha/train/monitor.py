@@ -246,3 +246,103 @@ class ExternalLoggers:
             self.tb.close()
         if self.wandb is not None:
             self.wandb.finish()
+
+
+# --------------------------------------------------------------------------------------------
+# The run monitor: metrics lines, speed (tokens/s, MFU), the live progress bar
+# --------------------------------------------------------------------------------------------
+
+
+class Progress:
+    """A rich progress bar: step, losses, tokens/s, MFU and ETA (steps, or seconds under a budget)."""
+
+    def __init__(
+        self, enabled: bool, total_steps: int | None, budget_s: float | None, start_step: int
+    ) -> None:
+        self.bar = None
+        if not enabled:
+            return
+        from rich.console import Console
+        from rich.progress import BarColumn, TextColumn, TimeRemainingColumn
+        from rich.progress import Progress as RichProgress
+
+        self.bar = RichProgress(
+            TextColumn("[bold]train"),
+            BarColumn(),
+            TextColumn("{task.description}"),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+            transient=False,
+        )
+        self.by_time = budget_s is not None
+        self.task = self.bar.add_task("", total=budget_s if self.by_time else total_steps)
+        self.bar.start()
+        if not self.by_time:
+            self.bar.update(self.task, completed=start_step)
+
+    def update(self, step, elapsed, train_loss, val_loss, tok_s, mfu) -> None:
+        if self.bar is None:
+            return
+        val = f" val {val_loss:.3f}" if val_loss is not None else ""
+        desc = f"step {step} loss {train_loss:.3f}{val} | {tok_s:,.0f} tok/s | MFU {100 * mfu:.1f}%"
+        self.bar.update(self.task, completed=elapsed if self.by_time else step, description=desc)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+class RunMonitor:
+    """Everything that watches the loop: metrics.jsonl, TensorBoard/W&B, the progress bar and speed.
+
+    Only the main process writes; the others get a monitor that does nothing but keep time.
+    """
+
+    def __init__(self, run_dir: Path, cfg, clock, main: bool, resume_step: int | None,
+                 flops_per_token: float, peak: float, say) -> None:  # fmt: skip
+        t = cfg.train
+        self.say, self.main, self.clock, self.log_interval = say, main, clock, t.log_interval
+        self.flops_per_token, self.peak = flops_per_token, peak
+        self.metrics = MetricsLog(run_dir / "metrics.jsonl", resume_step=resume_step) if main else None
+        self.loggers = ExternalLoggers(t.log, run_dir, cfg.to_dict(), t.wandb_project) if main else None
+        budget = clock.budget_s
+        self.bar = Progress(t.progress and main, t.max_steps, budget, clock.state.step)
+        self.step_rates: list[float] = []
+        self.pause()
+
+    def pause(self) -> None:
+        """Restart the speed window (evaluation and checkpoint time is not training speed)."""
+        self.interval_start, self.interval_tokens = time.perf_counter(), 0
+
+    def step(self, state, train_loss: float, grad_norm: float, lr: float, step_tokens: int) -> None:
+        """After each optimizer step: a metrics line every log_interval steps, the progress bar."""
+        self.interval_tokens += step_tokens
+        tok_s = self.interval_tokens / max(time.perf_counter() - self.interval_start, 1e-9)
+        mfu = self.flops_per_token * tok_s / self.peak
+        if state.step % self.log_interval == 0 and self.main:
+            self.step_rates.append(tok_s)
+            self.write({"kind": "train", "step": state.step, "tokens": state.tokens, "train_loss": train_loss,
+                        "lr": lr, "grad_norm": grad_norm, "tokens_per_s": tok_s, "mfu": mfu,
+                        "elapsed_s": self.clock.elapsed()})  # fmt: skip
+            self.pause()
+        val = (state.last_eval or {}).get("val_loss")
+        self.bar.update(state.step, self.clock.elapsed(), train_loss, val, tok_s, mfu)
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self.main:
+            self.metrics.write(record)
+            self.loggers.log(record)
+
+    def median_speed(self) -> tuple[float | None, float | None]:
+        """(tokens/s, MFU): medians over the logged intervals."""
+        if not self.step_rates:
+            return None, None
+        import statistics
+
+        rate = statistics.median(self.step_rates)
+        return rate, self.flops_per_token * rate / self.peak
+
+    def close(self) -> None:
+        self.bar.close()
+        if self.loggers is not None:
+            self.loggers.close()
