@@ -159,7 +159,7 @@ def save_best(run, metrics: dict[str, float]) -> bool:
         old = read_meta(best_dir).get("metrics", {}).get(key) if best_dir.is_dir() else None
     except CheckpointError:
         old = None
-    if old is not None and run.state.best_step is not None and not is_better(metrics[key], old, mode):
+    if old is not None and is_better(old, metrics[key], mode):  # strictly better: kept
         if not getattr(run, "_said_best_kept", False):
             run.say(f"[yellow]note:[/] {best_dir} ({key} {old:.4f}) is better than this run so far; kept")
             run._said_best_kept = True
