@@ -71,9 +71,48 @@ def test_resume_uses_the_runs_config(small_shards, tmp_path, capsys):
     ok(["train", "--data", str(small_shards), "--out", str(out), *SMALL, "--set", "train.max_steps=4",
           "--set", "train.eval_interval=2"])  # fmt: skip
     (out / "checkpoints" / "step-000004").rename(out / "checkpoints" / "step-000004-gone")  # as if killed
+    before = (out / "metrics.jsonl").read_text().splitlines()
+    capsys.readouterr()
     ok(["train", "--out", str(out), "--resume"])
+    err = " ".join(capsys.readouterr().err.split())
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 4 and summary["status"] == "completed"
+    # it really continued from its saved step: the lines up to step 2 are the first run's, untouched,
+    # and step 4 was trained and evaluated once more (a restart from scratch would have rewritten them all)
+    assert "step-000002 (step 2, 256 tokens)" in err
+    after = (out / "metrics.jsonl").read_text().splitlines()
+    rows = [json.loads(x) for x in after]
+    kept = [x for x, r in zip(before, [json.loads(x) for x in before], strict=True) if r["step"] <= 2]
+    assert kept and after[: len(kept)] == kept and [r["step"] for r in rows if r["kind"] == "eval"] == [2, 4]
+
+
+def test_depth_override_that_cannot_apply_is_an_error(tmp_path, capsys):
+    my = tmp_path / "my.yaml"
+    my.write_text("model:\n  n_layer: 4\n  n_embd: 256\n  n_head: 4\n")
+    code, _, err = run_cli(["train", "--out", str(tmp_path / "r"), "--config", str(my), "--set", "depth=6",
+                            "--print-config"], capsys)  # fmt: skip
+    assert code == 2 and "--set depth=6 cannot apply" in " ".join(err.split()) and "model.n_layer=4" in err
+    ok(["train", "--out", str(tmp_path / "r"), "--preset", "tiny", "--set", "depth=6", "--print-config"])
+    assert "n_layer: 6" in capsys.readouterr().out
+
+
+def test_init_from_flag_fine_tunes_a_run(small_shards, tmp_path, capsys):
+    base = tmp_path / "base"
+    ok(["train", "--data", str(small_shards), "--out", str(base), *SMALL, "--set", "train.max_steps=2",
+        "--set", "train.eval_interval=2"])  # fmt: skip
+    ok(["train", "--data", str(small_shards), "--out", str(tmp_path / "tuned"), *SMALL, "--init-from", str(base),
+        "--set", "train.max_steps=2", "--set", "train.eval_interval=2"])  # fmt: skip
+    meta = json.loads((tmp_path / "tuned" / "checkpoints" / "best" / "meta.json").read_text())
+    assert meta["lineage"]["parent"] == str(base / "checkpoints" / "best")
+    assert meta["run_config"]["train"]["init_from"] == str(base)
+
+
+def test_max_steps_is_an_upper_bound_under_a_time_budget(small_shards, tmp_path, capsys):
+    out = tmp_path / "run"
+    ok(["train", "--data", str(small_shards), "--out", str(out), *SMALL, "--time-budget", "5",
+        "--set", "train.max_steps=7"])  # fmt: skip
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 7 and summary["status"] == "completed" and summary["wall_time_s"] < 120
 
 
 def test_sweep_grid_writes_table_csv_and_plot(small_shards, tmp_path, capsys):

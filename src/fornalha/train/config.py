@@ -336,17 +336,31 @@ def load_config(
     if preset is not None:
         values.update(_flatten(_read_yaml(preset_path(preset)), f"preset {preset}"))
     explicit: dict[tuple[str, ...], Any] = {}
+    from_file: dict[tuple[str, ...], Any] = {}
     if config_file is not None:
-        explicit.update(_flatten(_read_yaml(Path(config_file)), str(config_file)))
+        from_file = _flatten(_read_yaml(Path(config_file)), str(config_file))
+        explicit.update(from_file)
+    from_set: dict[tuple[str, ...], Any] = {}
     for text in overrides:
         key, value = parse_override(text)
-        explicit[key] = value
+        from_set[key] = value
+    explicit.update(from_set)
     values.update(explicit)
     depth = values.get(("depth",))
     if depth is not None:
         if not isinstance(depth, int) or isinstance(depth, bool) or depth < 1:
             raise ConfigError(f"depth must be a positive integer, got {depth!r}")
-        for key, value in depth_dial(depth).items():
+        dial = depth_dial(depth)
+        if ("depth",) in from_set:  # an override that cannot apply is an error, never a silent no-op
+            blocked = [k for k in (("model", "n_layer"), ("model", "n_embd"), ("model", "n_head"))
+                       if k in from_file and k not in from_set and from_file[k] != dial[k]]  # fmt: skip
+            if blocked:
+                shown = ", ".join(f"{'.'.join(k)}={from_file[k]}" for k in blocked)
+                raise ConfigError(
+                    f"--set depth={depth} cannot apply: {config_file} sets {shown} explicitly; "
+                    "remove those keys from the file, or --set them instead of depth"
+                )
+        for key, value in dial.items():
             if key not in explicit:
                 values[key] = value
 

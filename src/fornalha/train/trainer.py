@@ -183,7 +183,8 @@ def start_run(
     if device.type == "cuda" and dist.enabled:
         device = torch.device("cuda", dist.local_rank)
     main = dist.is_main
-    say = console.print if main else (lambda *a, **k: None)
+    # soft_wrap: long paths and the resume command stay whole (copy-pastable), the terminal wraps them
+    say = (lambda *a, **k: console.print(*a, soft_wrap=True, **k)) if main else (lambda *a, **k: None)
     seed_everything(t.seed)
 
     # the run folder: a fresh run never writes over another one
