@@ -289,3 +289,18 @@ def test_peak_flops_cache_keeps_the_best_measurement(tmp_path, monkeypatch):
     drawn = torch.rand(3)
     torch.manual_seed(5)
     assert torch.equal(drawn, torch.rand(3))  # the measurement leaves the run's random stream alone
+
+
+def test_training_val_loss_is_fornalha_evals_on_the_same_tokens(small_shards, tmp_path):
+    """summary.json's best_val_loss is `fornalha eval`'s loss on the first val_tokens_per_eval tokens
+    of the same split (float32): one measurement, two sample sizes (docs/train.md)."""
+    from fornalha.evaluate import evaluate_run
+
+    cfg = cfg_for(small_shards, "train.max_steps=10", "train.eval_interval=10", "train.samples=0")
+    summary = train(cfg, tmp_path / "run")
+    assert summary["val_tokens_per_eval"] == 4 * 8 * 64
+    result = evaluate_run(
+        tmp_path / "run", data=small_shards, split="val", max_tokens=summary["val_tokens_per_eval"]
+    )
+    assert result["loss"]["loss"] == pytest.approx(summary["best_val_loss"], rel=1e-9)
+    assert result["loss"]["bpb"] == pytest.approx(summary["best_val_bpb"], rel=1e-9)
