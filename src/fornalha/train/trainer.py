@@ -151,7 +151,7 @@ def train(
                     save_step_checkpoint(run)
                 if evaluated:
                     run.monitor.pause()  # evaluation time is not training speed
-                if interrupted:
+                if interrupted and not done:
                     state.status = "interrupted"
                     break
         finally:
