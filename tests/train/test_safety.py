@@ -23,7 +23,7 @@ SMALL = [
 ]  # fmt: skip
 
 
-def fornalha(*args, env_extra: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+def fornalha(*args, env_extra: dict | None = None, timeout: float = 400) -> subprocess.CompletedProcess:
     env = os.environ | {"OMP_NUM_THREADS": "1", "COLUMNS": "400"} | (env_extra or {})
     return subprocess.run(
         [sys.executable, "-m", "fornalha.cli", *map(str, args)], env=env, capture_output=True, text=True,
@@ -84,7 +84,7 @@ def start_long_run(shards, run) -> subprocess.Popen:
          "--set", "train.eval_interval=100000")],
         env=os.environ | {"OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    deadline = time.time() + 120
+    deadline = time.time() + 300
     while not ((run / "metrics.jsonl").is_file() and (run / "metrics.jsonl").read_text().count("\n") >= 3):
         assert proc.poll() is None, proc.communicate()[1]
         assert time.time() < deadline
@@ -97,7 +97,7 @@ def test_interrupt_saves_a_checkpoint_and_says_how_to_resume(small_shards, tmp_p
     run = tmp_path / "run"
     proc = start_long_run(small_shards, run)
     proc.send_signal(sig)
-    _, err = proc.communicate(timeout=60)
+    _, err = proc.communicate(timeout=300)
     assert proc.returncode == 130, err
     err = " ".join(err.split())
     assert f"resume with: fornalha train --out {run} --resume" in err
@@ -114,7 +114,7 @@ def test_a_second_ctrl_c_aborts_at_once(small_shards, tmp_path):
     proc.send_signal(signal.SIGINT)
     proc.send_signal(signal.SIGINT)
     t0 = time.time()
-    proc.communicate(timeout=60)
+    proc.communicate(timeout=300)
     assert proc.returncode == 130 and time.time() - t0 < 20
 
 
@@ -157,7 +157,18 @@ def test_a_kill_between_the_renames_of_best_leaves_a_usable_run(small_shards, tm
     assert not (ckpts / "best").exists() and list(ckpts.glob(".best.old-*"))  # today's failure mode
     model, meta = load_model(run)  # what generate/eval/export --run use
     assert meta["step"] == 2
-    gen = fornalha("generate", "--run", run, "--prompt", "To be", "--max-new-tokens", "4", "--device", "cpu")
+    gen = fornalha(
+        "generate",
+        "--run",
+        run,
+        "--prompt",
+        "To be",
+        "--max-new-tokens",
+        "4",
+        "--device",
+        "cpu",
+        env_extra={"FORNALHA_NO_KERNELS": "1"},
+    )  # the checkpoint is the point, not the C++ kernel
     assert gen.returncode == 0, gen.stderr
 
     proc = fornalha("train", "--out", run, "--resume")

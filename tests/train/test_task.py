@@ -93,3 +93,13 @@ def test_a_custom_task_resumes_exactly(tmp_path):
     a = load_model(tmp_path / "a", which="step-000030")[0].state_dict()
     b = load_model(tmp_path / "b", which="step-000030")[0].state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resuming_a_finished_run_trains_nothing_and_keeps_its_summary(tmp_path):
+    cfg = load_config(overrides=CFG)
+    first = train(cfg, tmp_path / "run", task=copy_task())
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text()
+    again = train(cfg, tmp_path / "run", task=copy_task(), resume=True)
+    assert (tmp_path / "run" / "metrics.jsonl").read_text() == lines  # no step, no evaluation added
+    for key in ("status", "steps", "tokens_seen", "best", "best_step", "final_val_loss", "final_train_loss"):
+        assert again[key] == first[key], key
