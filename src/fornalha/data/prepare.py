@@ -92,7 +92,7 @@ class PrepareConfig(BaseModel):
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> PrepareConfig:
-        """Load a YAML data recipe (see ``docs/readme/data.md`` for an example)."""
+        """Load a YAML data recipe (see ``docs/data.md`` for an example)."""
         import yaml
 
         try:
