@@ -33,7 +33,7 @@ SHARED = ROOT.parent / "shared"
 GUIDES = ["README.md", "docs/inference.md"]
 
 TINY_PIPELINE = (
-    "--max-bytes 150000 --vocab-size 512 --minutes 1 --set model.n_layer=1 --set model.n_embd=32 "
+    "--max-bytes 150000 --vocab-size 512 --minutes 1.4 --set model.n_layer=1 --set model.n_embd=32 "
     "--set model.n_head=2 --set model.block_size=64 --set train.batch_size=4 --set train.eval_batches=2 "
     "--set train.eval_interval=10"
 )
@@ -72,7 +72,7 @@ def test_block_extraction_and_rewrites():
         tiny("fornalha generate --run r -p x > o.jsonl")
         == "fornalha generate --run r -p x --max-new-tokens 8 > o.jsonl"
     )
-    assert "--minutes 1 " in tiny("fornalha pipeline --minutes 20 --out r") and "20" not in tiny(
+    assert "--minutes 1.4 " in tiny("fornalha pipeline --minutes 20 --out r") and "20" not in tiny(
         "fornalha pipeline --minutes 20 --out r"
     )
 

@@ -165,3 +165,14 @@ def test_decode_paths_full_width_rotary_is_apply_rotary():
     x = torch.randn(2, 3, 10, 16)
     wide_cos, wide_sin = full_width_rotary(cos, sin)
     torch.testing.assert_close(rotate(x, wide_cos, wide_sin), apply_rotary(x, cos, sin))
+
+
+def test_every_model_config_field_carries_its_help():
+    """ModelConfig is the one source of each field's help (the YAML config and docs/config.md read it)."""
+    import dataclasses
+
+    from fornalha.model.config import help_of
+
+    for f in dataclasses.fields(ModelConfig):
+        assert help_of(ModelConfig, f.name), f"{f.name} has no help"
+    assert help_of(ModelConfig, "n_kv_head").startswith("key/value heads")
