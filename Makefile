@@ -21,9 +21,11 @@ install: $(STAMP)
 demo: install
 	$(VENV)/bin/fornalha pipeline --preset tiny --minutes 7.5 --out runs/demo --overwrite
 
+# ruff, then the layer contract in pyproject.toml ([tool.importlinter]): lower layers never import higher ones.
 lint: install
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/lint-imports
 
 # Lint, then the whole test suite.
 test: lint

@@ -1,7 +1,8 @@
-"""JSON Lines input files (one JSON object per line): prompts, evaluation examples.
+"""JSON Lines files (one JSON object per line): inputs (prompts, evaluation examples) and logs.
 
-One reader, so every command that takes a .jsonl file reports a bad line the same way:
-`FILE, line N: not valid JSON (…)` — never a traceback.
+`read_objects` reads an input a user wrote, so every command that takes a .jsonl file reports a bad
+line the same way: `FILE, line N: not valid JSON (…)` — never a traceback. `read_log` reads a log a
+program appends to (a run's metrics.jsonl), where a torn last line from a killed run is skipped.
 """
 
 from __future__ import annotations
@@ -38,3 +39,23 @@ def read_objects(
     if not rows:
         raise DataError(f"{path} holds no {items}")
     return rows
+
+
+def read_log(path: str | Path) -> list[dict[str, Any]]:
+    """The JSON objects of an append-only log (e.g. RUN_DIR/metrics.jsonl); [] when there is none yet.
+
+    A line that is not a JSON object (the torn last line of a killed run) is skipped."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(obj, dict):
+            records.append(obj)
+    return records

@@ -17,11 +17,11 @@ from fornalha.data.shards import (
     read_header,
     read_index,
     split_counts,
-    tokenize_dataset,
     write_shard,
 )
 from fornalha.errors import DataError, FornalhaError
 from fornalha.tokenizer import load_tokenizer, train_bpe
+from fornalha.tokenizer.encode_dataset import tokenize_dataset
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 

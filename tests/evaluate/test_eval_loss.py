@@ -148,7 +148,7 @@ def test_dataset_folder_loss_and_determinism(tmp_path):
 
 
 def test_shards_folder_scores_the_same_windows(tmp_path):
-    from fornalha.data.shards import tokenize_dataset
+    from fornalha.tokenizer.encode_dataset import tokenize_dataset
 
     docs = ["the cat sat on the mat", "um gato leu um livro", "and then it slept"]
     ds = write_dataset(tmp_path / "ds", {"train": docs, "val": docs})

@@ -65,6 +65,18 @@ def test_hellaswag_acc_and_acc_norm_pick_what_the_model_prefers():
     assert r.stderr == pytest.approx(math.sqrt((2 / 3) * (1 / 3) / 3))
 
 
+def test_acc_norm_divides_by_the_ending_alone_as_lm_eval_does():
+    """lm-eval: acc_norm = argmax(loglikelihood / len(choice)), choice without the " " delimiter.
+    Hand-computed: log-probs -2.0 ("a", 1 char) and -3.1 ("bb", 2 chars) give -2.0 and -1.55, so
+    choice 1 wins; dividing by len(" " + ending) (-1.0 vs -1.0333) would have picked choice 0."""
+    from fornalha.evaluate.multiple_choice import acc_norm_scores
+
+    normed = acc_norm_scores([-2.0, -3.1], ["a", "bb"])
+    assert normed == pytest.approx([-2.0, -1.55])
+    assert max(range(2), key=lambda j: normed[j]) == 1
+    assert acc_norm_scores([-4.0], ["é!"]) == pytest.approx([-2.0])  # characters, not UTF-8 bytes
+
+
 def test_blimp_good_sentence_needs_the_higher_log_prob():
     m = preferring_model()
     examples = [

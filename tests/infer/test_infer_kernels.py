@@ -177,3 +177,24 @@ def test_build_failure_and_stale_lock(monkeypatch, tmp_path, capsys):
     os.utime(lock, (old, old))
     assert build() is None and not lock.exists()  # stale: removed
     monkeypatch.setattr(kernels, "unavailable_reason", None)
+
+
+def test_a_slow_kernel_load_says_it_is_compiling(monkeypatch, capsys):
+    """Whatever makes the load slow (first build, or a rebuild over an existing .so), the user is told."""
+    import time
+
+    from torch.utils import cpp_extension
+
+    import fornalha.infer.kernels as kernels
+
+    class Built:
+        decode_attention = staticmethod(lambda *a: None)
+
+    monkeypatch.setattr(cpp_extension, "load", lambda **kw: (time.sleep(1.0), Built)[1])
+    monkeypatch.delenv("FORNALHA_NO_KERNELS", raising=False)
+    kernels.decode_attention_kernel.cache_clear()
+    try:
+        assert kernels.decode_attention_kernel() is Built.decode_attention
+    finally:
+        kernels.decode_attention_kernel.cache_clear()
+    assert "compiling the float16 decode-attention kernel" in capsys.readouterr().err

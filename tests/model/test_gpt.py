@@ -154,3 +154,25 @@ def test_generate_respects_length_and_is_deterministic_at_temperature_zero():
     a = m.generate(prompt, 10, temperature=0)
     b = m.generate(prompt, 10, temperature=0)
     assert a.shape == (2, 15) and torch.equal(a, b) and torch.equal(a[:, :5], prompt)
+
+
+def test_decode_paths_full_width_rotary_is_apply_rotary():
+    """The decode step's one-multiply rotary (infer/decode.py) is the model's rotate-half rotary."""
+    from fornalha.infer.decode import full_width_rotary, rotate
+
+    torch.manual_seed(0)
+    cos, sin = rotary_tables(16, 10, 10000.0)
+    x = torch.randn(2, 3, 10, 16)
+    wide_cos, wide_sin = full_width_rotary(cos, sin)
+    torch.testing.assert_close(rotate(x, wide_cos, wide_sin), apply_rotary(x, cos, sin))
+
+
+def test_every_model_config_field_carries_its_help():
+    """ModelConfig is the one source of each field's help (the YAML config and docs/config.md read it)."""
+    import dataclasses
+
+    from fornalha.model.config import help_of
+
+    for f in dataclasses.fields(ModelConfig):
+        assert help_of(ModelConfig, f.name), f"{f.name} has no help"
+    assert help_of(ModelConfig, "n_kv_head").startswith("key/value heads")

@@ -29,8 +29,8 @@ def make_dataset(text: str, out: Path, docs: int = 1) -> Path:
 
 
 def make_char_shards(text: str, root: Path) -> Path:
-    from fornalha.data.shards import tokenize_dataset
     from fornalha.tokenizer import CharTokenizer
+    from fornalha.tokenizer.encode_dataset import tokenize_dataset
 
     dataset = make_dataset(text, root / "dataset")
     CharTokenizer.train([text]).save(root / "tokenizer")

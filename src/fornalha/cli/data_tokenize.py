@@ -32,7 +32,7 @@ def tokenize(
 
     Example: fornalha data tokenize --data data/pt --tokenizer tok/pt --out shards/pt
     """
-    from fornalha.data.shards import tokenize_dataset
+    from fornalha.tokenizer.encode_dataset import tokenize_dataset
 
     if shard_tokens < 1:
         raise ConfigError(f"--shard-tokens must be positive, got {shard_tokens}")

@@ -84,11 +84,11 @@ def pipeline_command(
     """
     from fornalha.cli.data_prepare import print_report
     from fornalha.data.prepare import PrepareConfig, SourceEntry, prepare
-    from fornalha.data.shards import tokenize_dataset
     from fornalha.data.split import override as override_split
     from fornalha.evaluate import evaluate_run
     from fornalha.evaluate.report import write_report
     from fornalha.tokenizer import train_tokenizer
+    from fornalha.tokenizer.encode_dataset import tokenize_dataset
     from fornalha.train.config import load_config
     from fornalha.train.trainer import train
 

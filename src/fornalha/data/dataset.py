@@ -42,7 +42,16 @@ def load_manifest(dataset_dir: str | Path) -> dict[str, Any]:
 def _split_info(dataset_dir: str | Path, split: str) -> dict[str, Any]:
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}: use one of {', '.join(SPLITS)}")
-    return load_manifest(dataset_dir)["splits"][split]
+    splits = load_manifest(dataset_dir).get("splits", {})
+    if split not in splits:
+        raise DataError(f"dataset {dataset_dir} has no {split!r} split")
+    return splits[split]
+
+
+def dataset_splits(dataset_dir: str | Path) -> list[str]:
+    """The splits a prepared dataset has, in order (train first)."""
+    splits = load_manifest(dataset_dir).get("splits", {})
+    return [s for s in SPLITS if s in splits]
 
 
 def iter_records(dataset_dir: str | Path, split: str = "train") -> Iterator[dict[str, str]]:
@@ -65,9 +74,14 @@ def iter_records(dataset_dir: str | Path, split: str = "train") -> Iterator[dict
 
 
 def iter_texts(dataset_dir: str | Path, split: str = "train") -> Iterator[str]:
-    """Stream the document texts of one split (``"train"`` or ``"val"``)."""
-    for record in iter_records(dataset_dir, split):
-        yield record["text"]
+    """Stream the document texts of one split (``"train"`` or ``"val"``).
+
+    A missing folder or split is a `DataError` with a hint, raised here rather than at the first read.
+    """
+    if not Path(dataset_dir).is_dir():
+        raise DataError(f"dataset folder not found: {dataset_dir} (create it with `fornalha data prepare`)")
+    _split_info(dataset_dir, split)
+    return (record["text"] for record in iter_records(dataset_dir, split))
 
 
 def split_bytes(dataset_dir: str | Path, split: str) -> int:

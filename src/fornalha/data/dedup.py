@@ -10,7 +10,7 @@ estimated Jaccard similarity is above ``near_threshold`` (0.8 by default) withou
 all pairs. Signatures are computed in the worker processes (:func:`signature`); the LSH
 index lives in the orchestrator (:class:`Deduplicator`), which sees documents in input order
 so the result is deterministic. The index costs about 1.5 KB per document: tens of millions of
-documents fit on one machine; beyond that, run the same idea distributed (see the README).
+documents fit on one machine; beyond that, run the same idea distributed (see docs/data.md).
 
 Every document gets a *cluster key*: the exact hash of the first document of its
 near-duplicate cluster. The split (:mod:`.split`) uses it so that near-copies stay on the

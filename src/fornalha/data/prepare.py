@@ -55,6 +55,8 @@ from fornalha.data.pii import PiiConfig, scrub
 from fornalha.data.sources import RawDoc, Skipped, SourceSpec, fingerprint, iter_source, parse_source
 from fornalha.data.split import SplitConfig, assign_side, hash_unit, tail_split
 from fornalha.errors import ConfigError, DataError
+from fornalha.files import file_sha256
+from fornalha.progress import byte_progress
 
 FORMAT = "fornalha-dataset"
 VERSION = 1
@@ -90,7 +92,7 @@ class PrepareConfig(BaseModel):
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> PrepareConfig:
-        """Load a YAML data recipe (see ``docs/readme/data.md`` for an example)."""
+        """Load a YAML data recipe (see ``docs/data.md`` for an example)."""
         import yaml
 
         try:
@@ -359,14 +361,6 @@ class ShardWriter:
         return self.shards
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 # --------------------------------------------------------------------------- orchestration
 
 
@@ -491,14 +485,13 @@ def prepare(
         pool = ctx.Pool(workers, initializer=_init_worker, initargs=(cfg.model_dump_json(), near))
     else:
         _init_worker(cfg.model_dump_json(), near)
-    bar = _Progress(progress, _total_bytes(specs, cfg))
     try:
-        with bar:
+        with byte_progress("preparing", _total_bytes(specs, cfg), enabled=progress) as advance:
             for doc in _ordered_map(_process_batch, _batches(reader()), pool, 2 * workers):
                 stats = report.sources[doc.source]
                 stats.docs_in += 1
                 stats.bytes_in += doc.bytes_in
-                bar.advance(doc.bytes_in)
+                advance(doc.bytes_in)
                 if doc.skip:
                     stats.skipped[doc.skip] += 1
                     continue
@@ -601,46 +594,3 @@ def _total_bytes(specs: list[SourceSpec], cfg: PrepareConfig) -> int | None:
     from fornalha.data.sources import total_input_bytes
 
     return total_input_bytes(specs)
-
-
-class _Progress:
-    """A rich progress bar over input bytes (silent when ``enabled`` is False)."""
-
-    def __init__(self, enabled: bool, total: int | None):
-        self.enabled = enabled
-        self.total = total
-        self._progress: Any = None
-        self._task: Any = None
-
-    def __enter__(self) -> _Progress:
-        if self.enabled:
-            from rich.console import Console
-            from rich.progress import (
-                BarColumn,
-                DownloadColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TransferSpeedColumn,
-            )
-
-            self._progress = Progress(
-                TextColumn("[bold]preparing"),
-                BarColumn(),
-                DownloadColumn(),
-                TransferSpeedColumn(),
-                TimeElapsedColumn(),
-                console=Console(stderr=True),
-                transient=True,
-            )
-            self._progress.__enter__()
-            self._task = self._progress.add_task("prepare", total=self.total)
-        return self
-
-    def advance(self, nbytes: int) -> None:
-        if self._progress is not None:
-            self._progress.update(self._task, advance=nbytes)
-
-    def __exit__(self, *exc: object) -> None:
-        if self._progress is not None:
-            self._progress.__exit__(*exc)

@@ -27,67 +27,27 @@ dataset content and the same tokenizer (sha256 of both), it returns it without w
 
 from __future__ import annotations
 
-import hashlib
 import json
-import shutil
 import struct
-import time
-from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from fornalha.errors import DataError, FornalhaError
+from fornalha.data.dataset import SPLITS
+from fornalha.errors import DataError
+from fornalha.files import tree_sha256
 
 MAGIC = b"FRNLSHRD"
 VERSION = 1
 HEADER = struct.Struct("<8sIIQ8x")  # 32 bytes
 DTYPE_CODES: dict[int, np.dtype] = {1: np.dtype("<u2"), 2: np.dtype("<u4")}
-SPLITS = ("train", "val")
-DEFAULT_SHARD_TOKENS = 100_000_000
-_BATCH_BYTES = 4 << 20  # encode documents in batches of ~4 MB of text
-
-
-# -- reading documents ------------------------------------------------------------------------
-def iter_texts(dataset_dir: str | Path, split: str = "train") -> Iterator[str]:
-    """Stream the documents of one split of a prepared dataset folder (`fornalha.data.dataset`).
-
-    A missing folder or split is a `DataError` with a hint.
-    """
-    from fornalha.data.dataset import iter_texts as dataset_iter_texts
-
-    dataset_dir = Path(dataset_dir)
-    if not dataset_dir.is_dir():
-        raise DataError(f"dataset folder not found: {dataset_dir} (create it with `fornalha data prepare`)")
-    if split not in dataset_splits(dataset_dir):
-        raise DataError(f"dataset {dataset_dir} has no {split!r} split")
-    return iter(dataset_iter_texts(dataset_dir, split))
-
-
-def dataset_splits(dataset_dir: str | Path) -> list[str]:
-    """The splits a prepared dataset has, in order (train first)."""
-    from fornalha.data.dataset import load_manifest
-
-    splits = load_manifest(dataset_dir).get("splits", {})
-    return [s for s in SPLITS if s in splits]
-
-
-def _sha256_files(paths: Iterable[Path], root: Path) -> str:
-    digest = hashlib.sha256()
-    for path in sorted(paths):
-        digest.update(str(path.relative_to(root)).encode() + b"\0")
-        with open(path, "rb") as f:
-            for block in iter(lambda f=f: f.read(1 << 20), b""):
-                digest.update(block)
-        digest.update(b"\0")
-    return digest.hexdigest()
 
 
 def dataset_sha256(dataset_dir: str | Path) -> str:
     """Hash of a dataset's split files (names and bytes), the shards cache key."""
     root = Path(dataset_dir)
-    return _sha256_files(
+    return tree_sha256(
         [p for s in SPLITS if (root / s).is_dir() for p in (root / s).iterdir() if p.is_file()], root
     )
 
@@ -95,7 +55,7 @@ def dataset_sha256(dataset_dir: str | Path) -> str:
 def tokenizer_sha256(tokenizer_dir: str | Path) -> str:
     """Hash of a tokenizer folder's files."""
     root = Path(tokenizer_dir)
-    return _sha256_files([p for p in root.iterdir() if p.is_file()], root)
+    return tree_sha256([p for p in root.iterdir() if p.is_file()], root)
 
 
 # -- the binary format ------------------------------------------------------------------------
@@ -170,7 +130,7 @@ def split_counts(shards_dir: str | Path, split: str) -> tuple[int, int]:
 
 
 # -- writing ----------------------------------------------------------------------------------
-class _ShardWriter:
+class ShardWriter:
     """Accumulates ids and writes a shard each time ``shard_tokens`` of them are ready."""
 
     def __init__(self, out_dir: Path, split: str, dtype: np.dtype, shard_tokens: int):
@@ -195,146 +155,3 @@ class _ShardWriter:
         write_shard(self.out_dir / name, self.buffer[: self.filled])
         self.shards.append({"file": name, "tokens": int(self.filled)})
         self.filled = 0
-
-
-def _batches(texts: Iterable[str], batch_bytes: int) -> Iterator[list[str]]:
-    batch: list[str] = []
-    size = 0
-    for text in texts:
-        batch.append(text)
-        size += len(text)
-        if size >= batch_bytes:
-            yield batch
-            batch, size = [], 0
-    if batch:
-        yield batch
-
-
-def _tokenize_split(
-    dataset_dir: Path,
-    split: str,
-    tokenizer: Any,
-    out_dir: Path,
-    dtype: np.dtype,
-    shard_tokens: int,
-    num_threads: int | None,
-    on_progress: Callable[[int], None] | None,
-) -> dict[str, Any]:
-    writer = _ShardWriter(out_dir, split, dtype, shard_tokens)
-    documents = n_bytes = 0
-    bos = np.array([tokenizer.bos_id], dtype=dtype)
-    for batch in _batches(iter_texts(dataset_dir, split), _BATCH_BYTES):
-        encoded = tokenizer.encode_batch(batch, num_threads=num_threads)
-        batch_bytes = 0
-        for text, ids in zip(batch, encoded):
-            writer.add(bos)
-            writer.add(np.asarray(ids, dtype=dtype))
-            batch_bytes += len(text.encode("utf-8"))
-        n_bytes += batch_bytes
-        documents += len(batch)
-        if on_progress:
-            on_progress(batch_bytes)
-    writer.flush()
-    return {
-        "shards": writer.shards,
-        "tokens": sum(s["tokens"] for s in writer.shards),
-        "bytes": n_bytes,
-        "documents": documents,
-    }
-
-
-def tokenize_dataset(
-    dataset_dir: str | Path,
-    tokenizer_dir: str | Path,
-    out_dir: str | Path,
-    shard_tokens: int = DEFAULT_SHARD_TOKENS,
-    num_threads: int | None = None,
-    progress: bool = True,
-    force: bool = False,
-) -> dict[str, Any]:
-    """Tokenize every split of a prepared dataset into ``out_dir`` and return the index.
-
-    Reuses existing shards made from the same dataset and tokenizer unless ``force``.
-    ``num_threads`` is the encoder's thread count (default: all cores).
-    """
-    from fornalha.tokenizer import find_tokenizer_dir, load_tokenizer
-
-    dataset_dir, out_dir = Path(dataset_dir), Path(out_dir)
-    if shard_tokens < 1:
-        raise FornalhaError(f"shard_tokens must be positive, got {shard_tokens}")
-    if not dataset_dir.is_dir():
-        raise DataError(f"dataset folder not found: {dataset_dir} (create it with `fornalha data prepare`)")
-    tokenizer_dir = find_tokenizer_dir(tokenizer_dir)
-    tokenizer = load_tokenizer(tokenizer_dir)
-    keys = {
-        "dataset_sha256": dataset_sha256(dataset_dir),
-        "tokenizer_sha256": tokenizer_sha256(tokenizer_dir),
-    }
-
-    index_path = out_dir / "index.json"
-    if index_path.is_file() and not force:
-        try:
-            old = read_index(out_dir)
-        except DataError:
-            old = {}
-        if all(old.get(k) == v for k, v in keys.items()) and old.get("shard_tokens") == shard_tokens:
-            old["cached"] = True
-            return old
-
-    splits = dataset_splits(dataset_dir)
-    if "train" not in splits:
-        raise DataError(f"dataset {dataset_dir} has no train split")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    index_path.unlink(missing_ok=True)  # an interrupted run leaves no valid index behind
-    for old_file in out_dir.glob("*_[0-9][0-9][0-9][0-9][0-9].bin"):
-        old_file.unlink()
-    if (out_dir / "tokenizer").exists():
-        shutil.rmtree(out_dir / "tokenizer")
-    shutil.copytree(tokenizer_dir, out_dir / "tokenizer")
-
-    dtype = dtype_for_vocab(tokenizer.vocab_size)
-    start = time.perf_counter()
-    result: dict[str, Any] = {}
-    for split in splits:
-        if progress:
-            from rich.progress import BarColumn, Progress, TextColumn, TransferSpeedColumn
-
-            with Progress(
-                TextColumn(f"tokenizing {split}"), BarColumn(), TransferSpeedColumn(), transient=True
-            ) as bar:
-                task = bar.add_task(split, total=None)
-                result[split] = _tokenize_split(
-                    dataset_dir,
-                    split,
-                    tokenizer,
-                    out_dir,
-                    dtype,
-                    shard_tokens,
-                    num_threads,
-                    lambda n, bar=bar, task=task: bar.advance(task, n),
-                )
-        else:
-            result[split] = _tokenize_split(
-                dataset_dir, split, tokenizer, out_dir, dtype, shard_tokens, num_threads, None
-            )
-    seconds = time.perf_counter() - start
-    total_bytes = sum(s["bytes"] for s in result.values())
-    index = {
-        "format": "fornalha-shards",
-        "version": VERSION,
-        "dtype": dtype.name,
-        "vocab_size": tokenizer.vocab_size,
-        "tokenizer_kind": tokenizer.kind,
-        "bos_id": tokenizer.bos_id,
-        **keys,
-        "shard_tokens": shard_tokens,
-        "header_bytes": HEADER.size,
-        "splits": result,
-        "seconds": round(seconds, 3),
-        "mb_per_s": round(total_bytes / 1e6 / max(seconds, 1e-9), 2),
-    }
-    tmp = index_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(index, indent=2) + "\n")
-    tmp.replace(index_path)
-    index["cached"] = False
-    return index

@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from typing import IO, Literal
 
 from fornalha.errors import DataError
+from fornalha.files import file_digest
 
 Kind = Literal["code", "prose"]
 
@@ -525,17 +526,12 @@ def fingerprint(spec: SourceSpec) -> dict[str, object]:
     for path, rel in source_files(spec):
         try:
             st = os.stat(path)
-            digest = hashlib.blake2b(digest_size=16)
-            with open(path, "rb") as fh:
-                for block in iter(lambda fh=fh: fh.read(1 << 20), b""):
-                    digest.update(block)
+            digest = file_digest(path, "blake2b", digest_size=16)
         except OSError:
             files.append({"id": rel, "error": "unreadable"})
             continue
         total += st.st_size
-        files.append(
-            {"id": rel, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "blake2b": digest.hexdigest()}
-        )
+        files.append({"id": rel, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "blake2b": digest})
     combined = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
     return {"spec": spec.spec, "files": len(files), "bytes": total, "sha256": combined, "file_list": files}
 

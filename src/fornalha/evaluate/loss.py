@@ -321,12 +321,10 @@ def evaluate_texts(
 
 
 def _dataset_iter_texts(dataset_dir: Path, split: str) -> Iterator[str]:
-    """The data stage's document reader (fornalha.data.dataset, or the shards module's fallback)."""
-    try:
-        from fornalha.data.dataset import iter_texts
-    except ImportError:
-        from fornalha.data.shards import iter_texts
-    return iter(iter_texts(dataset_dir, split))
+    """The data stage's document reader (a missing folder or split is a DataError)."""
+    from fornalha.data.dataset import iter_texts
+
+    return iter_texts(dataset_dir, split)
 
 
 def evaluate_dataset(

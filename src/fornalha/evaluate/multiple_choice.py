@@ -9,8 +9,9 @@ model's answer (the method of the GPT-2/GPT-3 papers and of EleutherAI's lm-eval
 * **HellaSwag** (``{"ctx", "endings": [4 strings], "label"}``): which ending continues the
   context? Each ending is scored as the continuation ``" " + ending`` of ``ctx``. Two
   accuracies, as lm-eval reports them: ``acc`` picks the highest summed log-prob, ``acc_norm``
-  the highest log-prob per character of the continuation (long endings are not penalised for
-  being long). Chance is 25 %; a tiny model trained for minutes sits near it.
+  the highest log-prob per character of the *ending alone* (long endings are not penalised for
+  being long). lm-evaluation-harness divides by ``len(choice)`` of `doc_to_choice`, the ending
+  without the ``" "`` delimiter the scored continuation starts with; so do we. Chance is 25 %; a tiny model trained for minutes sits near it.
 * **BLiMP** (``{"sentence_good", "sentence_bad"}``): minimal pairs of English sentences that
   differ in one grammatical point. The model is right when the good sentence gets the higher
   total log-prob (both are scored from `<|bos|>`). Chance is 50 %; small models do clearly
@@ -222,6 +223,12 @@ def _examples(
     return examples, source
 
 
+def acc_norm_scores(logprobs: Sequence[float], endings: Sequence[str]) -> list[float]:
+    """lm-eval's length normalisation: each choice's summed log-prob divided by the number of
+    characters of the ending itself (not of ``" " + ending``, the continuation actually scored)."""
+    return [lp / max(len(ending), 1) for lp, ending in zip(logprobs, endings)]
+
+
 def evaluate_hellaswag(
     model: torch.nn.Module,
     tokenizer: Any,
@@ -232,21 +239,19 @@ def evaluate_hellaswag(
 ) -> MCResult:
     """Zero-shot HellaSwag accuracy (acc and acc_norm). ``examples`` may be a JSONL path."""
     examples, source = _examples(examples, limit, load_hellaswag, "HellaSwag")
-    requests, conts = [], []
+    requests, endings = [], []
     for ex in examples:
         for ending in ex["endings"]:
-            cont = " " + ending
-            requests.append(encode_pair(tokenizer, ex["ctx"], cont))
-            conts.append(cont)
+            requests.append(encode_pair(tokenizer, ex["ctx"], " " + ending))
+            endings.append(ending)
     scores = score_continuations(model, requests, batch_size)
 
     correct, correct_norm, chance, pos = [], [], 0.0, 0
     for ex in examples:
         k = len(ex["endings"])
         s = scores[pos : pos + k]
-        lengths = [len(c) for c in conts[pos : pos + k]]
         pos += k
-        normed = [v / max(n, 1) for v, n in zip(s, lengths)]
+        normed = acc_norm_scores(s, endings[pos - k : pos])
         correct.append(max(range(k), key=lambda j: s[j]) == ex["label"])
         correct_norm.append(max(range(k), key=lambda j: normed[j]) == ex["label"])
         chance += 1.0 / k

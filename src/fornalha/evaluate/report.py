@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from fornalha.errors import FornalhaError
+from fornalha.jsonl import read_log
 
 # --------------------------------------------------------------------------------------------
 # Reading the run folder
@@ -34,19 +35,7 @@ from fornalha.errors import FornalhaError
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     """The records of RUN_DIR/metrics.jsonl (skipping a torn last line from a killed run)."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(obj, dict):
-                records.append(obj)
-    return records
+    return read_log(Path(run_dir) / "metrics.jsonl")
 
 
 def _read_json(path: Path) -> Any:

@@ -1,6 +1,11 @@
 """The decode step: one new token per batch row through the model, reading and extending the KV cache.
 
-`GPT.forward` handles every case (training, prefill, decode, attention maps) and is the reference.
+Read `fornalha/model/gpt.py` first: this is its optimized path for inference, the same math
+re-arranged for speed. `tests/infer/test_infer_engine.py` holds the
+two equal: `test_decoder_matches_model_forward` and `test_prefill_matches_model_forward` (with QK-norm and
+soft-capping) check that `Decoder` and `Decoder.prefill` give `GPT.forward`'s logits.
+
+`GPT.forward` handles every case (training, prefill, decode) and is the reference.
 Decoding is its hottest special case — a few hundred times per request, one token per row — and at
 the sizes this project trains, the time goes into *per-operation overhead*, not arithmetic. So this
 module re-expresses the same math for exactly that case, reusing the model's own weights and
@@ -46,7 +51,7 @@ import torch.nn.functional as F
 
 from fornalha.infer.kernels import MAX_HEAD_DIM, decode_attention_kernel
 from fornalha.infer.quantize import Int8Linear, int8pack_linear, pack_linear
-from fornalha.model.gpt import GPT, MLP, KVCache, RMSNorm
+from fornalha.model.gpt import GPT, MLP, KVCache, RMSNorm, softcap
 
 
 def _fast_call(module: nn.Module, weights: str | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -93,10 +98,15 @@ def _fast_mlp(mlp: nn.Module, weights: str | None = None) -> Callable[[torch.Ten
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Llama rotary on x [B, heads, D] (same math as `apply_rotary`), with full-width tables
-    cos = [cos, cos] and sin = [-sin, sin] of shape [B, 1, D]: x·cos + swap_halves(x)·sin."""
+    """Llama rotary on x [..., D] — `fornalha.model.gpt.apply_rotary`'s math — with full-width tables
+    (`full_width_rotary`): x·cos + swap_halves(x)·sin, one multiply-add instead of two half-width ones."""
     d = x.size(-1) // 2
     return x * cos + torch.cat((x[..., d:], x[..., :d]), dim=-1) * sin
+
+
+def full_width_rotary(cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's rotary tables [L, D/2] (`rotary_tables`) widened for `rotate`: [cos, cos], [-sin, sin]."""
+    return torch.cat((cos, cos), -1), torch.cat((-sin, sin), -1)
 
 
 class Decoder:
@@ -139,7 +149,7 @@ class Decoder:
         m = self.model
         dtype = m.wte.weight.dtype
         cos, sin = m.rope_cos.to(dtype), m.rope_sin.to(dtype)
-        self.cos_table, self.sin_table = torch.cat((cos, cos), -1), torch.cat((-sin, sin), -1)
+        self.cos_table, self.sin_table = full_width_rotary(cos, sin)
         w = self.weights
         self.layers = []
         for blk in m.blocks:
@@ -204,11 +214,7 @@ class Decoder:
             x = x + o_proj(y.transpose(1, 2).reshape(N, T, H * D))
             x = x + mlp(mlp_norm(x))
         last = x[torch.arange(N, device=dev), torch.as_tensor(lengths, device=dev) - 1]  # [N, C]
-        logits = self.prefill_head(self.norm_f(last))
-        cap = self.config.logit_softcap
-        if cap is not None:
-            logits = cap * torch.tanh(logits / cap)
-        return logits.float()
+        return softcap(self.prefill_head(self.norm_f(last)), self.config.logit_softcap).float()
 
     def __call__(
         self, tokens: torch.Tensor, pos: torch.Tensor, n_rows: int, kv_len: int, same_pos: int | None = None
@@ -257,11 +263,7 @@ class Decoder:
             x = x + o_proj(y.reshape(B, H * D))
             x = x + mlp(mlp_norm(x))
 
-        logits = self.lm_head(self.norm_f(x))
-        cap = self.config.logit_softcap
-        if cap is not None:
-            logits = cap * torch.tanh(logits / cap)
-        return logits.float()
+        return softcap(self.lm_head(self.norm_f(x)), self.config.logit_softcap).float()
 
 
 def static_decode_fn(decoder: Decoder) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:

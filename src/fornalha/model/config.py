@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from fornalha.errors import ConfigError
@@ -10,24 +10,38 @@ from fornalha.errors import ConfigError
 MLP_KINDS = ("swiglu", "relu2")
 
 
+def _f(default: Any, help: str) -> Any:
+    """A dataclass field with a default and its one-line help."""
+    return field(default=default, metadata={"help": help})
+
+
+def help_of(cls: type, name: str) -> str:
+    """The help text of a config dataclass's field (ModelConfig's, for the YAML config and docs)."""
+    return next((f.metadata.get("help", "") for f in fields(cls) if f.name == name), "")
+
+
 @dataclass
 class ModelConfig:
-    vocab_size: int = 4096
-    block_size: int = 256  # longest context the model is built for (rotary tables, KV cache)
-    n_layer: int = 4
-    n_head: int = 4
-    n_kv_head: int | None = None  # None: as many as n_head (multi-head); fewer: grouped-query attention
-    n_embd: int = 128
-    mlp: str = "swiglu"  # "swiglu" (maps onto Hugging Face Llama) or "relu2" (modded-nanogpt)
-    mlp_hidden: int | None = None  # None: 8/3 * n_embd for swiglu (rounded up to 32), 4 * n_embd for relu2
-    tie_embeddings: bool = True  # the LM head reuses the token-embedding matrix
-    qk_norm: bool = False  # RMSNorm on queries and keys before rotary (stabilises training)
-    rope_theta: float = 10000.0
-    norm_eps: float = 1e-5
-    dropout: float = 0.0
-    logit_softcap: float | None = None  # cap * tanh(logits / cap), as in Gemma 2 / modded-nanogpt
-    init_std: float = 0.02
-    zero_init_proj: bool = False  # residual output projections (and an untied head) start at zero
+    # Each field carries its one-line help (`help_of`); the training config's `model:` section and
+    # the generated key table (docs/config.md) read it from here.
+    vocab_size: int = _f(4096, "vocabulary size; null: taken from the tokenizer")
+    block_size: int = _f(256, "longest context (tokens) the model is built for (rotary tables, KV cache)")
+    n_layer: int = _f(4, "Transformer blocks")
+    n_head: int = _f(4, "query heads per attention layer")
+    n_kv_head: int | None = _f(None, "key/value heads (grouped-query attention); null: n_head")
+    n_embd: int = _f(128, "width of the residual stream")
+    mlp: str = _f("swiglu", "MLP kind: swiglu (Llama) or relu2 (modded-nanogpt)")
+    mlp_hidden: int | None = _f(
+        None, "MLP hidden width; null: 8/3·n_embd rounded up to 32 (swiglu) or 4·n_embd (relu2)"
+    )
+    tie_embeddings: bool = _f(True, "LM head shares the token-embedding matrix")
+    qk_norm: bool = _f(False, "RMSNorm on queries and keys before rotary (stabilises training)")
+    rope_theta: float = _f(10000.0, "rotary base frequency")
+    norm_eps: float = _f(1e-5, "RMSNorm epsilon")
+    dropout: float = _f(0.0, "dropout probability (0 for pretraining)")
+    logit_softcap: float | None = _f(None, "cap·tanh(logits/cap), as in Gemma 2 / modded-nanogpt; null: off")
+    init_std: float = _f(0.02, "std of the normal initialisation")
+    zero_init_proj: bool = _f(False, "residual output projections (and an untied head) start at zero")
 
     def __post_init__(self) -> None:
         if self.n_kv_head is None:

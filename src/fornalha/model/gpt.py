@@ -69,6 +69,12 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
 
 
+def softcap(logits: torch.Tensor, cap: float | None) -> torch.Tensor:
+    """Logit soft-capping (Gemma 2, modded-nanogpt): cap · tanh(logits / cap), smooth, in (-cap, cap).
+    None: the logits unchanged."""
+    return logits if cap is None else cap * torch.tanh(logits / cap)
+
+
 # --------------------------------------------------------------------------------------------
 # KV cache
 # --------------------------------------------------------------------------------------------
@@ -142,8 +148,7 @@ class CausalSelfAttention(nn.Module):
         sin: torch.Tensor,
         kv_cache: KVCache | None = None,
         positions: torch.Tensor | None = None,
-        return_attn: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    ) -> torch.Tensor:
         B, T, _ = x.shape
         q, k, v = self.qkv(x).split(
             [self.n_head * self.head_dim, self.n_kv_head * self.head_dim, self.n_kv_head * self.head_dim],
@@ -173,24 +178,16 @@ class CausalSelfAttention(nn.Module):
             k = k.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
             v = v.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
 
-        attn = None
-        if return_attn:  # the explicit math, so the weights can be returned (for `explain`)
-            scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)
-            if mask is None:
-                mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
-            attn = scores.masked_fill(~mask, float("-inf")).softmax(dim=-1)
-            y = attn @ v
-        else:
-            y = F.scaled_dot_product_attention(
-                q,
-                k,
-                v,
-                attn_mask=mask,
-                is_causal=is_causal and T > 1,
-                dropout_p=self.dropout if self.training else 0.0,
-            )
+        y = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            is_causal=is_causal and T > 1,
+            dropout_p=self.dropout if self.training else 0.0,
+        )
         y = y.transpose(1, 2).contiguous().view(B, T, self.n_head * self.head_dim)
-        return self.o_proj(y), attn
+        return self.o_proj(y)
 
 
 class MLP(nn.Module):
@@ -220,11 +217,10 @@ class Block(nn.Module):
         self.mlp = MLP(config)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x, cos, sin, kv_cache=None, positions=None, return_attn=False):
-        a, attn = self.attn(self.attn_norm(x), cos, sin, kv_cache, positions, return_attn)
-        x = x + self.dropout(a)
+    def forward(self, x, cos, sin, kv_cache=None, positions=None):
+        x = x + self.dropout(self.attn(self.attn_norm(x), cos, sin, kv_cache, positions))
         x = x + self.dropout(self.mlp(self.mlp_norm(x)))
-        return x, attn
+        return x
 
 
 # --------------------------------------------------------------------------------------------
@@ -308,17 +304,16 @@ class GPT(nn.Module):
         *,
         kv_cache: KVCache | None = None,
         n_new: torch.Tensor | None = None,
-        return_attn: bool = False,
         loss_reduction: str = "mean",
-    ):
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """idx: [B, T] token ids. targets: [B, T] next-token ids, -1 where no loss is wanted.
 
         With a `kv_cache`, the T tokens of row b go to positions pos[b] … pos[b]+T-1 and attend to
         everything the row already holds; afterwards pos[b] advances by n_new[b] (default T), so a
         right-padded batch of prompts of different lengths advances each row by its true length.
 
-        Returns (logits [B, T, vocab], loss or None), plus per-layer attention weights
-        [B, H, T, S] when return_attn.
+        Returns (logits [B, T, vocab], loss or None). Attention weights, for looking inside, come
+        from `fornalha.model.attention_maps` (hooks on this same forward pass).
         """
         B, T = idx.shape
         if kv_cache is None:
@@ -333,16 +328,9 @@ class GPT(nn.Module):
             cos, sin = self.rope_cos[positions][:, None], self.rope_sin[positions][:, None]  # [B,1,T,D/2]
 
         x = self.wte(idx)
-        attns = []
         for block in self.blocks:
-            x, attn = block(x, cos, sin, kv_cache, positions, return_attn)
-            if return_attn:
-                attns.append(attn)
-        x = self.norm_f(x)
-        logits = self.lm_head(x)
-        if self.config.logit_softcap is not None:
-            cap = self.config.logit_softcap
-            logits = cap * torch.tanh(logits / cap)
+            x = block(x, cos, sin, kv_cache, positions)
+        logits = softcap(self.lm_head(self.norm_f(x)), self.config.logit_softcap)
 
         if kv_cache is not None:
             kv_cache.pos += T if n_new is None else n_new.to(kv_cache.pos.device)
@@ -357,8 +345,6 @@ class GPT(nn.Module):
             )
             if loss_reduction == "none":
                 loss = loss.view(B, T)
-        if return_attn:
-            return logits, loss, attns
         return logits, loss
 
     # ---- the simplest generation loop (the fast one lives in fornalha.infer) -------------------

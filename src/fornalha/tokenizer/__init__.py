@@ -124,7 +124,7 @@ def train_tokenizer(
     If ``stats`` is given it receives the documents
     and bytes read and the seconds taken.
     """
-    from fornalha.data.shards import dataset_splits, iter_texts
+    from fornalha.data.dataset import dataset_splits, iter_texts
 
     if kind not in ("bpe", "char"):
         raise ConfigError(f"unknown tokenizer kind {kind!r}; expected 'bpe' or 'char'")

@@ -71,7 +71,7 @@ def evaluate_tokenizer(
     tokenizer_dir: str | Path, dataset_dir: str | Path, split: str = "val", max_bytes: int | None = None
 ) -> dict[str, Any]:
     """Measure a saved tokenizer on a dataset split; returns counts and the comparison rows."""
-    from fornalha.data.shards import iter_texts
+    from fornalha.data.dataset import iter_texts
     from fornalha.tokenizer import load_tokenizer
     from fornalha.tokenizer.bpe import limit_bytes
 

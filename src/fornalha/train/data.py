@@ -45,8 +45,9 @@ def resolve_data(
     progress: bool = True,
 ) -> tuple[Path, Path]:
     """(shards_dir, tokenizer_dir) for a run, training a tokenizer and tokenizing when needed."""
-    from fornalha.data.shards import dataset_sha256, read_index, tokenize_dataset, tokenizer_sha256
+    from fornalha.data.shards import dataset_sha256, read_index, tokenizer_sha256
     from fornalha.tokenizer import find_tokenizer_dir, train_tokenizer
+    from fornalha.tokenizer.encode_dataset import tokenize_dataset
 
     if data is None:
         raise DataError("no training data: pass --data DATASET_DIR or SHARDS_DIR (or set data.path)")

@@ -25,6 +25,7 @@ import hashlib
 import os
 import platform
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -98,11 +99,19 @@ def decode_attention_kernel() -> Callable[..., torch.Tensor] | None:
         with contextlib.suppress(OSError):
             if time.time() - lock.stat().st_mtime > 600:
                 lock.unlink()
-    if build_dir is None or not (build_dir / f"{name}.so").exists():
-        print(
+    # Loading a built kernel takes milliseconds; anything longer is a compile (a first build, or a
+    # rebuild after the source, the flags or torch changed — a present .so does not say which), so
+    # the message is printed by a timer rather than guessed from the files.
+    notice = threading.Timer(
+        0.5,
+        lambda: print(
             "fornalha: compiling the float16 decode-attention kernel (once for this CPU, ~25 s)…",
             file=sys.stderr,
-        )
+            flush=True,
+        ),
+    )
+    notice.daemon = True
+    notice.start()
     try:
         module = cpp_extension.load(
             name=name,
@@ -120,6 +129,8 @@ def decode_attention_kernel() -> Callable[..., torch.Tensor] | None:
             file=sys.stderr,
         )
         return None
+    finally:
+        notice.cancel()
     unavailable_reason = None
     return module.decode_attention
 
