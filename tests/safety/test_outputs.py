@@ -197,3 +197,11 @@ def test_unwritable_out_is_exit_2(tmp_path, source):
     proc = fornalha("data", "prepare", "--source", str(source), "--out", str(blocker / "ds"), "-q")
     assert proc.returncode == 2 and "cannot create --out" in error_line(proc), proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_error_comes_first_on_stderr_not_the_device_line(tmp_path):
+    (tmp_path / "run" / "checkpoints" / "best").mkdir(parents=True)
+    proc = fornalha("generate", "--run", str(tmp_path / "run"), "--prompt", "hi", "--device", "cpu")
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines()[0].startswith("error:") and "not a run folder" in proc.stderr
+    assert "device:" not in proc.stderr  # held back, and dropped because the command failed first
