@@ -58,6 +58,7 @@ class Output:
         }
         tmp = self.path / (MANIFEST + ".tmp")
         try:
+            self.path.mkdir(parents=True, exist_ok=True)
             tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
             tmp.replace(self.path / MANIFEST)
         except OSError as exc:
@@ -82,6 +83,7 @@ class Output:
         tmp = self.path / f"{STAGING_PREFIX}{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         try:
+            self._save()  # creates OUT and records the claim before anything is written
             tmp.mkdir()
         except OSError as exc:
             raise OutputError(f"cannot write to {self.path}: {exc.strerror or exc}") from None
@@ -142,10 +144,13 @@ def claim(out: str | os.PathLike[str], command: str) -> Output:
     path = Path(out)
     if path.exists() and not path.is_dir():
         raise OutputError(f"--out {path} exists and is not a folder; choose another --out")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"cannot create --out {path}: {exc.strerror or exc}") from None
+    if not path.exists():  # created on the first write, so a command that fails early leaves nothing
+        parent = path.absolute().parent
+        while not parent.exists():
+            parent = parent.parent
+        if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+            raise OutputError(f"cannot create --out {path}: {parent} is not a writable folder")
+        return Output(path, command, set())
     if not os.access(path, os.W_OK | os.X_OK):
         raise OutputError(f"cannot write to --out {path}: permission denied")
     record = _read_record(path)
@@ -165,9 +170,7 @@ def claim(out: str | os.PathLike[str], command: str) -> Output:
             f"--out {path} is not empty ({others[0]}{' …' if len(others) > 1 else ''}) and was not "
             f"written by `fornalha {command}`; refusing to overwrite or delete anything in it (choose a new or empty --out)"
         )
-    output = Output(path, command, set())
-    output._save()
-    return output
+    return Output(path, command, set())
 
 
 def owner(out: str | os.PathLike[str]) -> str | None:

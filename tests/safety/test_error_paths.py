@@ -46,7 +46,7 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"run": run, "data": data, "shards": shards}
 
 
-def damage(kind: str, base: dict[str, Path], tmp: Path) -> dict[str, Path]:
+def damage(kind: str, base: dict[str, Path], tmp: Path, split: str = "val") -> dict[str, Path]:
     paths = {k: tmp / k for k in base}
     for k, src in base.items():
         shutil.copytree(src, paths[k])
@@ -63,10 +63,10 @@ def damage(kind: str, base: dict[str, Path], tmp: Path) -> dict[str, Path]:
         f = best / "model.safetensors"
         f.write_bytes(f.read_bytes()[: f.stat().st_size // 3])
     elif kind == "corrupt .zst part":
-        part = next((paths["data"] / "val").glob("part-*.jsonl.zst"))
+        part = next((paths["data"] / split).glob("part-*.jsonl.zst"))
         part.write_bytes(part.read_bytes()[:20] + b"\x00garbage" * 10)
     elif kind == "truncated shard":
-        shard = next(paths["shards"].glob("val_*.bin"))
+        shard = next(paths["shards"].glob(f"{split}_*.bin"))
         shard.write_bytes(shard.read_bytes()[:40])
     return paths
 
@@ -111,7 +111,8 @@ def test_generate_with_a_damaged_checkpoint(base, tmp_path, kind):
     ],
 )
 def test_commands_with_damaged_inputs(base, tmp_path, command, kind):
-    p = damage(kind, base, tmp_path)
+    # train reads its train split first (a damaged val split is found only at the first evaluation)
+    p = damage(kind, base, tmp_path, split="train" if command == "train" else "val")
     data = str(p["shards"] if kind == "truncated shard" else p["data"])
     args = {
         "eval": ["eval", "--run", str(p["run"]), "--data", data, "--device", "cpu"],

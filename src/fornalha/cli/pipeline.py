@@ -117,6 +117,7 @@ def pipeline_command(
     if max_bytes is not None:
         pcfg.max_bytes = max_bytes
     owned = claim(out, "pipeline")  # a folder that is not an earlier pipeline's: refused, untouched
+    owned.record([])  # creates OUT with its ownership manifest before the stages write into it
     if (out / "checkpoints").is_dir() and any((out / "checkpoints").iterdir()):
         if not overwrite:
             raise ConfigError(

@@ -140,6 +140,7 @@ def sweep_command(
     if preset is None and config is None:
         preset = "tiny"
     owned = claim(out, "sweep")  # a non-empty folder that is not an earlier sweep's: refused
+    owned.record([])  # the manifest first: an interrupted sweep can be resumed in the same --out
     run_sweep(
         [parse_param(p) for p in params],
         out,
