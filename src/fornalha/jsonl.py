@@ -24,7 +24,19 @@ def read_objects(
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{what} {path} does not exist")
-    rows = []
+    rows: list[tuple[int, dict[str, Any]]] = []
+    try:
+        _read_lines(path, rows)
+    except UnicodeDecodeError as exc:  # the file is read in chunks: no line number to give
+        raise DataError(
+            f"{path}: not UTF-8 text (undecodable byte 0x{exc.object[exc.start]:02x}); save it as UTF-8"
+        ) from None
+    if not rows:
+        raise DataError(f"{path} holds no {items}")
+    return rows
+
+
+def _read_lines(path: Path, rows: list[tuple[int, dict[str, Any]]]) -> None:
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, start=1):
             if not line.strip():
@@ -36,9 +48,6 @@ def read_objects(
             if not isinstance(obj, dict):
                 raise DataError(f"{path}, line {lineno}: expected a JSON object, got {type(obj).__name__}")
             rows.append((lineno, obj))
-    if not rows:
-        raise DataError(f"{path} holds no {items}")
-    return rows
 
 
 def read_log(path: str | Path) -> list[dict[str, Any]]:

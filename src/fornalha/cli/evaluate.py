@@ -66,6 +66,10 @@ def eval_command(
     from fornalha.device import pick_device
     from fornalha.evaluate import evaluate_run
     from fornalha.evaluate.report import eval_table_rows, write_report
+    from fornalha.outputs import check_file_target
+
+    if json_out is not None:  # refused before the work, not after it
+        check_file_target(json_out, is_ours=_is_eval_json(json_out))
 
     if not run.is_dir():
         raise CheckpointError(f"run folder not found: {run} (train one with `fornalha train … --out {run}`)")
@@ -108,12 +112,22 @@ def eval_command(
     (run / "eval.json").write_text(text + "\n", encoding="utf-8")
     written = [str(run / "eval.json")]
     if json_out is not None:
+        check_file_target(json_out, is_ours=_is_eval_json(json_out))
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(text + "\n", encoding="utf-8")
         written.append(str(json_out))
     if report:
         written.append(str(write_report(run, dataset_dir=data, eval_results=results)))
     console.print("wrote " + ", ".join(written))
+
+
+def _is_eval_json(path: Path) -> bool:
+    """An earlier `fornalha eval --json` result (safe to replace), as opposed to a user's file."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and {"loss", "multiple_choice"} <= data.keys()
 
 
 def register(app: typer.Typer) -> None:

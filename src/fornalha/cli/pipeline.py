@@ -16,7 +16,6 @@ model but reuses the prepared data, the tokenizer and the shards.
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 from typing import Annotated
@@ -29,6 +28,16 @@ from fornalha.errors import ConfigError
 console = Console(stderr=True)
 
 EVAL_RESERVE_MIN = 0.75  # minutes kept for evaluation, samples and the report
+# What training, eval and the report write into OUT; `--overwrite` removes the owned files among them.
+RUN_FILES = (
+    "checkpoints",
+    "plots",
+    "metrics.jsonl",
+    "summary.json",
+    "config.yaml",
+    "eval.json",
+    "report.html",
+)
 SAMPLE_PROMPTS = {"code": ["def ", "class ", "import "], "prose": ["The ", "He said", "\n"]}
 
 
@@ -83,10 +92,12 @@ def pipeline_command(
       fornalha pipeline --source ../shared/data/pt --minutes 20 --set model.n_layer=6 --out runs/pt
     """
     from fornalha.cli.data_prepare import print_report
+    from fornalha.cli.tokenizer import save_tokenizer
     from fornalha.data.prepare import PrepareConfig, SourceEntry, prepare
     from fornalha.data.split import override as override_split
     from fornalha.evaluate import evaluate_run
     from fornalha.evaluate.report import write_report
+    from fornalha.outputs import claim
     from fornalha.tokenizer import train_tokenizer
     from fornalha.tokenizer.encode_dataset import tokenize_dataset
     from fornalha.train.config import load_config
@@ -105,15 +116,14 @@ def pipeline_command(
     pcfg.split = override_split(pcfg.split, mode=split, val_fraction=val_fraction)
     if max_bytes is not None:
         pcfg.max_bytes = max_bytes
-    out.mkdir(parents=True, exist_ok=True)
+    owned = claim(out, "pipeline")  # a folder that is not an earlier pipeline's: refused, untouched
+    owned.record([])  # creates OUT with its ownership manifest before the stages write into it
     if (out / "checkpoints").is_dir() and any((out / "checkpoints").iterdir()):
         if not overwrite:
             raise ConfigError(
                 f"{out} already holds a run; pass --overwrite to train again (data caches are kept)"
             )
-        for name in ("checkpoints", "plots", "metrics.jsonl", "summary.json", "eval.json", "report.html"):
-            p = out / name
-            shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+        owned.remove_owned(RUN_FILES)  # only what an earlier pipeline wrote; the user's files stay
 
     # 1. data ---------------------------------------------------------------------------------
     _stage(1, "data prepare")
@@ -124,6 +134,7 @@ def pipeline_command(
     # 2. tokenizer ----------------------------------------------------------------------------
     _stage(2, f"tokenizer train ({tokenizer_kind}{'' if tokenizer_kind == 'char' else f', vocab {vocab}'})")
     tok_dir = out / "tokenizer"
+    tok_owned = claim(tok_dir, "tokenizer train")
     tok_stats: dict = {}
     t_tok = time.perf_counter()
     tok_marker = tok_dir / "fornalha_pipeline.json"
@@ -133,10 +144,10 @@ def pipeline_command(
         tok_stats = {"reused": True}
     else:
         tokenizer = train_tokenizer(dataset_dir, vocab, kind=tokenizer_kind, stats=tok_stats)
-        shutil.rmtree(tok_dir, ignore_errors=True)
-        tokenizer.save(tok_dir)
+        save_tokenizer(tokenizer, tok_owned)
         if report.cache_key is not None:
             tok_marker.write_text(json.dumps(tok_key))
+            tok_owned.record([tok_marker.name])
         mb = tok_stats.get("bytes", 0) / 1e6
         console.print(
             f"trained on {mb:.1f} MB in {time.perf_counter() - t_tok:.1f} s -> {tokenizer.vocab_size} tokens"
@@ -166,7 +177,11 @@ def pipeline_command(
         f"train.device={device}",
     ]
     cfg = load_config(preset, None, overrides)
-    summary = train(cfg, out, console=console)
+    try:
+        summary = train(cfg, out, console=console)
+    finally:  # what training wrote belongs to this pipeline (so --overwrite may replace it)
+        for name in RUN_FILES:
+            owned.record_tree(name)
 
     # 5. eval ---------------------------------------------------------------------------------
     _stage(5, "eval")
@@ -185,6 +200,7 @@ def pipeline_command(
         log=lambda m: console.print(m),
     )
     (out / "eval.json").write_text(json.dumps(results, indent=2))
+    owned.record(["eval.json"])
     loss = results["loss"] or {}
     console.print(
         f"val loss {loss.get('loss', float('nan')):.4f}  ppl {loss.get('ppl', float('nan')):.2f}  "
@@ -198,6 +214,7 @@ def pipeline_command(
     for s in results["samples"]:
         console.print(f"[bold cyan]{s['prompt']!r}[/] -> {s['prompt'] + s['text']!r}", highlight=False)
     html = write_report(out, dataset_dir=dataset_dir, tokenizer_stats=tok_stats, eval_results=results)
+    owned.record_tree("report.html")
     total = time.perf_counter() - t0
     console.print(
         f"\n[bold green]done[/] in {total / 60:.1f} min: best val bpb "

@@ -56,16 +56,32 @@ def train(
         raise ConfigError(f"--pattern is neither {' nor '.join(PATTERNS)} nor a valid regex: {exc}") from exc
     if max_bytes is not None and max_bytes <= 0:
         raise ConfigError(f"--max-bytes must be positive, got {max_bytes}")
+    from fornalha.outputs import claim
+
+    owned = claim(out, "tokenizer train")  # refused before training when --out is not ours
     stats: dict = {}
     tokenizer = train_tokenizer(
         data, vocab_size, kind=kind, max_bytes=max_bytes, split=split, stats=stats, pattern=regex_pattern
     )
-    tokenizer.save(out)
+    save_tokenizer(tokenizer, owned)
     mb = stats["bytes"] / 1e6
     console.print(
         f"trained {kind} tokenizer: vocab {tokenizer.vocab_size} on {stats['documents']} documents, "
         f"{mb:.1f} MB in {stats['seconds']:.1f} s ({mb / max(stats['seconds'], 1e-9):.1f} MB/s) -> {out}"
     )
+
+
+def save_tokenizer(tokenizer, owned) -> None:  # noqa: ANN001 - Tokenizer, Output (imported lazily)
+    """Save into a staging folder, then publish: only files an earlier `tokenizer train` wrote are replaced."""
+    import shutil
+
+    stage = owned.staging()
+    try:
+        tokenizer.save(stage)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    owned.publish(stage, last=["fornalha_tokenizer.json"])
 
 
 @tokenizer_app.command("encode")

@@ -157,10 +157,13 @@ def sweep_command(
 
     Results: a table, SWEEP_DIR/sweep.csv, sweep.json and sweep.png (val bpb against each key).
     """
+    from fornalha.outputs import claim
     from fornalha.train.sweep import parse_param, run_sweep
 
     if preset is None and config is None:
         preset = "tiny"
+    owned = claim(out, "sweep")  # a non-empty folder that is not an earlier sweep's: refused
+    owned.record([])  # the manifest first: an interrupted sweep can be resumed in the same --out
     run_sweep(
         [parse_param(p) for p in params],
         out,
@@ -170,6 +173,7 @@ def sweep_command(
         random_n=random_n,
         seed=seed,
     )
+    owned.record(p.name for p in out.iterdir() if p.is_file() and p.name.startswith("sweep."))
 
 
 def register(app: typer.Typer) -> None:

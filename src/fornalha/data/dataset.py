@@ -61,16 +61,24 @@ def iter_records(dataset_dir: str | Path, split: str = "train") -> Iterator[dict
     root = Path(dataset_dir)
     for shard in _split_info(root, split)["shards"]:
         path = root / shard["file"]
+        seen = 0
         try:
             with open(path, "rb") as raw:
                 reader = zstandard.ZstdDecompressor().stream_reader(raw)
                 for line in io.TextIOWrapper(reader, encoding="utf-8"):
                     if line.strip():
-                        yield json.loads(line)
+                        record = json.loads(line)
+                        seen += 1
+                        yield record
         except FileNotFoundError as exc:
             raise DataError(f"dataset shard missing: {path}") from exc
-        except zstandard.ZstdError as exc:
+        except (zstandard.ZstdError, UnicodeDecodeError, ValueError) as exc:
             raise DataError(f"dataset shard corrupt: {path} ({exc})") from exc
+        expected = shard.get("documents")
+        if isinstance(expected, int) and seen != expected:  # a truncated zstd stream ends quietly
+            raise DataError(
+                f"dataset shard corrupt or truncated: {path} holds {seen} documents, the manifest says {expected}"
+            )
 
 
 def iter_texts(dataset_dir: str | Path, split: str = "train") -> Iterator[str]:

@@ -21,6 +21,9 @@ file's size, mtime and content hash; running again with the same key reuses the 
 Output layout (see DESIGN.md §1)::
 
     DIR/manifest.json  DIR/report.json  DIR/train/part-00000.jsonl.zst  DIR/val/part-00000.jsonl.zst
+
+The folder is claimed through `fornalha.outputs` (refused when it is not ours); shards are staged in
+``DIR/.fornalha-tmp-<pid>/`` and published with manifest.json last.
 """
 
 from __future__ import annotations
@@ -434,8 +437,11 @@ def prepare(
 
     ``workers``: processes for the per-document work (default: all cores; 1 = in-process).
     """
+    from fornalha.outputs import claim
+
     out = Path(out_dir)
     specs = resolve_sources(cfg)
+    owned = claim(out, "data prepare")  # refuses a folder that is not ours before any work
     key, prints = cache_key(cfg, specs)
     if use_cache and (cached := _try_cache(out, key)) is not None:
         return cached
@@ -448,144 +454,141 @@ def prepare(
     weights = {s.name: s.weight for s in specs}
     started = time.perf_counter()
 
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / ".incomplete"
-    shutil.rmtree(tmp, ignore_errors=True)
-    writers = {side: ShardWriter(tmp / side, cfg.shard_bytes) for side in ("train", "val")}
-
-    def reader() -> Iterator[RawDoc]:
-        for spec in specs:
-            stats = report.sources[spec.name]
-            n_docs = n_bytes = 0
-            for item in iter_source(spec):
-                if isinstance(item, Skipped):
-                    stats.skipped[item.reason] += 1
-                    stats.bytes_in += item.nbytes
-                    continue
-                if cfg.max_docs is not None and n_docs >= cfg.max_docs:
-                    break
-                if cfg.max_bytes is not None and n_bytes >= cfg.max_bytes:
-                    break
-                n_docs += 1
-                n_bytes += len(item.data)
-                yield item
-
-    near = cfg.dedup.near or (cfg.split.group_near_duplicates and cfg.split.mode == "doc")
-    dedup = Deduplicator(cfg.dedup, use_near=near)
-    held: Processed | None = None  # last train document, kept back for the empty-val fallback
-
-    def emit_train(doc: Processed) -> None:
-        assert doc.text is not None
-        for r in range(_repeats(weights[doc.source], doc.doc_id)):
-            writers["train"].write(doc.text, doc.source, doc.doc_id if r == 0 else f"{doc.doc_id}~{r}")
-
-    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-    pool = None
-    if workers > 1:
-        pool = ctx.Pool(workers, initializer=_init_worker, initargs=(cfg.model_dump_json(), near))
-    else:
-        _init_worker(cfg.model_dump_json(), near)
+    tmp = owned.staging()
     try:
-        with byte_progress("preparing", _total_bytes(specs, cfg), enabled=progress) as advance:
-            for doc in _ordered_map(_process_batch, _batches(reader()), pool, 2 * workers):
-                stats = report.sources[doc.source]
-                stats.docs_in += 1
-                stats.bytes_in += doc.bytes_in
-                advance(doc.bytes_in)
-                if doc.skip:
-                    stats.skipped[doc.skip] += 1
-                    continue
-                if doc.drop:
-                    stats.dropped[doc.drop] += 1
-                    continue
-                report.repaired += int(doc.repaired)
-                report.pii.update(doc.pii or {})
-                found = dedup.add(doc.doc_hash, doc.sig)
-                if found.kind == "exact" and cfg.dedup.exact:
-                    stats.dropped["duplicate (exact)"] += 1
-                    continue
-                if found.kind == "near" and cfg.dedup.near:
-                    stats.dropped["duplicate (near)"] += 1
-                    continue
-                assert doc.text is not None
-                stats.docs_out += 1
-                stats.bytes_out += len(doc.text.encode("utf-8"))
-                if cfg.split.mode == "tail":
-                    head, tail = tail_split(doc.text, cfg.split.val_fraction)
-                    if head:
-                        doc_head = Processed(doc.source, doc.doc_id, 0, text=head)
-                        emit_train(doc_head)
-                    if tail:
-                        writers["val"].write(tail, doc.source, doc.doc_id + "#tail")
-                    continue
-                cluster = found.cluster if cfg.split.group_near_duplicates else doc.doc_hash
-                if assign_side(cluster, cfg.split) == "val":
-                    writers["val"].write(doc.text, doc.source, doc.doc_id)
-                    continue
-                if held is not None:
-                    emit_train(held)
-                held = doc
-    finally:
-        if pool is not None:
-            pool.terminate()
-            pool.join()
-    if held is not None:
-        if writers["val"].documents == 0 and cfg.split.val_fraction > 0:
-            assert held.text is not None
-            head, tail = tail_split(held.text, cfg.split.val_fraction)
-            if tail:
-                report.notes.append(
-                    f"no document fell in validation; its tail of {held.doc_id} was used (as --split tail)"
-                )
-                writers["val"].write(tail, held.source, held.doc_id + "#tail")
-                held = Processed(held.source, held.doc_id, 0, text=head)
-        emit_train(held)
+        writers = {side: ShardWriter(tmp / side, cfg.shard_bytes) for side in ("train", "val")}
 
-    shards = {side: w.close() for side, w in writers.items()}
-    report.splits = {
-        side: {"documents": writers[side].documents, "bytes": writers[side].bytes} for side in writers
-    }
-    report.seconds = time.perf_counter() - started
-    if sum(s.docs_out for s in report.sources.values()) == 0:
-        report.notes.append("no document survived cleaning")
-    manifest = {
-        "format": FORMAT,
-        "version": VERSION,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "cache_key": key,
-        "sources": [
-            {"spec": s.spec, "kind": s.kind, "weight": s.weight, "fingerprint": _short_print(p)}
-            for s, p in zip(specs, prints)
-        ],
-        "config": cfg.model_dump(mode="json"),
-        "counts": {
-            "documents_in": sum(s.docs_in for s in report.sources.values()),
-            "documents_out": sum(s.docs_out for s in report.sources.values()),
-            "bytes_in": report.bytes_in,
-            "bytes_out": sum(s.bytes_out for s in report.sources.values()),
-        },
-        "splits": {
-            side: {"documents": writers[side].documents, "bytes": writers[side].bytes, "shards": shards[side]}
-            for side in writers
-        },
-    }
-    _publish(out, tmp, manifest, report)
+        def reader() -> Iterator[RawDoc]:
+            for spec in specs:
+                stats = report.sources[spec.name]
+                n_docs = n_bytes = 0
+                for item in iter_source(spec):
+                    if isinstance(item, Skipped):
+                        stats.skipped[item.reason] += 1
+                        stats.bytes_in += item.nbytes
+                        continue
+                    if cfg.max_docs is not None and n_docs >= cfg.max_docs:
+                        break
+                    if cfg.max_bytes is not None and n_bytes >= cfg.max_bytes:
+                        break
+                    n_docs += 1
+                    n_bytes += len(item.data)
+                    yield item
+
+        near = cfg.dedup.near or (cfg.split.group_near_duplicates and cfg.split.mode == "doc")
+        dedup = Deduplicator(cfg.dedup, use_near=near)
+        held: Processed | None = None  # last train document, kept back for the empty-val fallback
+
+        def emit_train(doc: Processed) -> None:
+            assert doc.text is not None
+            for r in range(_repeats(weights[doc.source], doc.doc_id)):
+                writers["train"].write(doc.text, doc.source, doc.doc_id if r == 0 else f"{doc.doc_id}~{r}")
+
+        ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+        pool = None
+        if workers > 1:
+            pool = ctx.Pool(workers, initializer=_init_worker, initargs=(cfg.model_dump_json(), near))
+        else:
+            _init_worker(cfg.model_dump_json(), near)
+        try:
+            with byte_progress("preparing", _total_bytes(specs, cfg), enabled=progress) as advance:
+                for doc in _ordered_map(_process_batch, _batches(reader()), pool, 2 * workers):
+                    stats = report.sources[doc.source]
+                    stats.docs_in += 1
+                    stats.bytes_in += doc.bytes_in
+                    advance(doc.bytes_in)
+                    if doc.skip:
+                        stats.skipped[doc.skip] += 1
+                        continue
+                    if doc.drop:
+                        stats.dropped[doc.drop] += 1
+                        continue
+                    report.repaired += int(doc.repaired)
+                    report.pii.update(doc.pii or {})
+                    found = dedup.add(doc.doc_hash, doc.sig)
+                    if found.kind == "exact" and cfg.dedup.exact:
+                        stats.dropped["duplicate (exact)"] += 1
+                        continue
+                    if found.kind == "near" and cfg.dedup.near:
+                        stats.dropped["duplicate (near)"] += 1
+                        continue
+                    assert doc.text is not None
+                    stats.docs_out += 1
+                    stats.bytes_out += len(doc.text.encode("utf-8"))
+                    if cfg.split.mode == "tail":
+                        head, tail = tail_split(doc.text, cfg.split.val_fraction)
+                        if head:
+                            doc_head = Processed(doc.source, doc.doc_id, 0, text=head)
+                            emit_train(doc_head)
+                        if tail:
+                            writers["val"].write(tail, doc.source, doc.doc_id + "#tail")
+                        continue
+                    cluster = found.cluster if cfg.split.group_near_duplicates else doc.doc_hash
+                    if assign_side(cluster, cfg.split) == "val":
+                        writers["val"].write(doc.text, doc.source, doc.doc_id)
+                        continue
+                    if held is not None:
+                        emit_train(held)
+                    held = doc
+        finally:
+            if pool is not None:
+                pool.terminate()
+                pool.join()
+        if held is not None:
+            if writers["val"].documents == 0 and cfg.split.val_fraction > 0:
+                assert held.text is not None
+                head, tail = tail_split(held.text, cfg.split.val_fraction)
+                if tail:
+                    report.notes.append(
+                        f"no document fell in validation; its tail of {held.doc_id} was used (as --split tail)"
+                    )
+                    writers["val"].write(tail, held.source, held.doc_id + "#tail")
+                    held = Processed(held.source, held.doc_id, 0, text=head)
+            emit_train(held)
+
+        shards = {side: w.close() for side, w in writers.items()}
+        report.splits = {
+            side: {"documents": writers[side].documents, "bytes": writers[side].bytes} for side in writers
+        }
+        report.seconds = time.perf_counter() - started
+        if sum(s.docs_out for s in report.sources.values()) == 0:
+            report.notes.append("no document survived cleaning")
+        manifest = {
+            "format": FORMAT,
+            "version": VERSION,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "cache_key": key,
+            "sources": [
+                {"spec": s.spec, "kind": s.kind, "weight": s.weight, "fingerprint": _short_print(p)}
+                for s, p in zip(specs, prints)
+            ],
+            "config": cfg.model_dump(mode="json"),
+            "counts": {
+                "documents_in": sum(s.docs_in for s in report.sources.values()),
+                "documents_out": sum(s.docs_out for s in report.sources.values()),
+                "bytes_in": report.bytes_in,
+                "bytes_out": sum(s.bytes_out for s in report.sources.values()),
+            },
+            "splits": {
+                side: {
+                    "documents": writers[side].documents,
+                    "bytes": writers[side].bytes,
+                    "shards": shards[side],
+                }
+                for side in writers
+            },
+        }
+        (tmp / "report.json").write_text(json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n")
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # nothing half-written stays behind
+        raise
+    owned.publish(tmp, last=["manifest.json"])  # manifest.json moves last: it marks completion
     return report
 
 
 def _short_print(p: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in p.items() if k != "file_list"}
-
-
-def _publish(out: Path, tmp: Path, manifest: dict[str, Any], report: PrepareReport) -> None:
-    """Move the finished shards into place; write manifest.json last (it marks completion)."""
-    (out / "manifest.json").unlink(missing_ok=True)
-    for side in ("train", "val"):
-        shutil.rmtree(out / side, ignore_errors=True)
-        (tmp / side).rename(out / side)
-    shutil.rmtree(tmp, ignore_errors=True)
-    (out / "report.json").write_text(json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n")
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
 
 
 def _total_bytes(specs: list[SourceSpec], cfg: PrepareConfig) -> int | None:

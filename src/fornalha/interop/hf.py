@@ -508,34 +508,6 @@ Limits: context of {cfg.block_size} tokens (rotary positions were only trained t
 # --------------------------------------------------------------------------------------------
 
 
-def _prepare_out(out_dir: Path, looks_like: str) -> Path:
-    """A fresh temporary sibling of out_dir; refuses to overwrite a folder that is not ours."""
-    if out_dir.exists():
-        if not out_dir.is_dir():
-            raise FornalhaError(f"{out_dir} exists and is not a folder")
-        if any(out_dir.iterdir()) and not (out_dir / looks_like).exists():
-            raise FornalhaError(
-                f"{out_dir} exists, is not empty and has no {looks_like}; refusing to overwrite it "
-                "(choose a new --out or remove it)"
-            )
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    return tmp
-
-
-def _publish(tmp: Path, out_dir: Path) -> None:
-    """Replace out_dir by tmp (one rename; an older export is moved aside, then removed)."""
-    old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
-    if out_dir.exists():
-        os.rename(out_dir, old)
-    os.rename(tmp, out_dir)
-    if old.exists():
-        shutil.rmtree(old)
-
-
 def export_hf(
     run_dir: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
@@ -568,7 +540,10 @@ def export_hf(
     cfg = model.config
     arch = ARCHITECTURES[hf_model_type(cfg)]  # fails early, before anything is written
 
-    tmp = _prepare_out(out_dir, "config.json")
+    from fornalha.outputs import claim
+
+    owned = claim(out_dir, "export hf")  # a non-empty folder that is not an earlier export: refused
+    tmp = owned.staging()
     try:
         special = _export_tokenizer(tok_dir, tmp, cfg.block_size)
         if special and cfg.vocab_size < max(special.values()) + 1:
@@ -602,7 +577,7 @@ def export_hf(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _publish(tmp, out_dir)
+    owned.publish(tmp, last=["config.json"])  # replaces only files an earlier export wrote
     return out_dir
 
 

@@ -33,7 +33,6 @@ from fornalha.data.shards import (
     tokenizer_sha256,
 )
 from fornalha.errors import DataError, FornalhaError
-from fornalha.files import write_text_atomic
 from fornalha.progress import byte_progress
 from fornalha.tokenizer import find_tokenizer_dir, load_tokenizer
 
@@ -113,6 +112,9 @@ def tokenize_dataset(
         "tokenizer_sha256": tokenizer_sha256(tokenizer_dir),
     }
 
+    from fornalha.outputs import claim
+
+    owned = claim(out_dir, "data tokenize")  # a folder that is not ours is refused, untouched
     index_path = out_dir / "index.json"
     if index_path.is_file() and not force:
         try:
@@ -126,14 +128,29 @@ def tokenize_dataset(
     splits = dataset_splits(dataset_dir)
     if "train" not in splits:
         raise DataError(f"dataset {dataset_dir} has no train split")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    index_path.unlink(missing_ok=True)  # an interrupted run leaves no valid index behind
-    for old_file in out_dir.glob("*_[0-9][0-9][0-9][0-9][0-9].bin"):
-        old_file.unlink()
-    if (out_dir / "tokenizer").exists():
-        shutil.rmtree(out_dir / "tokenizer")
-    shutil.copytree(tokenizer_dir, out_dir / "tokenizer")
+    stage = owned.staging()  # shards are written here, then published with index.json last
+    try:
+        shutil.copytree(tokenizer_dir, stage / "tokenizer")
+        index = _write_shards(dataset_dir, splits, tokenizer, stage, keys, shard_tokens, num_threads, progress)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    owned.publish(stage, last=["index.json"])
+    index["cached"] = False
+    return index
 
+
+def _write_shards(
+    dataset_dir: Path,
+    splits: list[str],
+    tokenizer: Any,
+    out_dir: Path,
+    keys: dict[str, str],
+    shard_tokens: int,
+    num_threads: int | None,
+    progress: bool,
+) -> dict[str, Any]:
+    """Tokenize every split into ``out_dir`` (a staging folder) and write its index.json."""
     dtype = dtype_for_vocab(tokenizer.vocab_size)
     start = time.perf_counter()
     result: dict[str, Any] = {}
@@ -158,6 +175,5 @@ def tokenize_dataset(
         "seconds": round(seconds, 3),
         "mb_per_s": round(total_bytes / 1e6 / max(seconds, 1e-9), 2),
     }
-    write_text_atomic(index_path, json.dumps(index, indent=2) + "\n")
-    index["cached"] = False
+    (out_dir / "index.json").write_text(json.dumps(index, indent=2) + "\n")
     return index
