@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from fornalha.data.engines import iter_inputs
+import fornalha.data.prepare as prepare_module
+from fornalha.data.engines import cluster_steps, iter_inputs
 from fornalha.data.prepare import PrepareConfig, SourceEntry, prepare, resolve_sources
 from fornalha.errors import ConfigError
 
@@ -94,6 +95,28 @@ def test_datatrove_keeps_what_local_keeps(tmp_path: Path, make_prose) -> None:  
     m_local.pop("created"), m_dt.pop("created")
     assert m_dt == m_local
     assert not (tmp_path / "dt" / ".datatrove").exists()  # the work folder is removed once published
+
+
+def test_stage_one_on_another_executor_then_global_step(tmp_path: Path, make_prose, monkeypatch) -> None:  # noqa: ANN001
+    """The cluster recipe: stage 1 by any datatrove executor, then `prepare` runs only the global step."""
+    from datatrove.executor import LocalPipelineExecutor
+
+    corpus = planted_corpus(tmp_path / "in", make_prose)
+    cfg = PrepareConfig(sources=[SourceEntry(source=str(corpus))])
+    prepare(cfg, tmp_path / "local", workers=1)
+    steps, logging_dir = cluster_steps(cfg, tmp_path / "dt", tasks=WORKERS)
+    LocalPipelineExecutor(
+        steps, tasks=WORKERS, workers=1, logging_dir=logging_dir
+    ).run()  # stands in for Slurm
+    results = sorted((tmp_path / "dt" / ".datatrove" / "results").glob("rank-*.pkl"))
+    assert len(results) == WORKERS
+
+    def boom(*args: object, **kwargs: object) -> None:
+        raise AssertionError("stage 1 ran again although every task had completed")
+
+    monkeypatch.setattr(prepare_module, "process_doc", boom)  # the global step must only merge
+    prepare(cfg, tmp_path / "dt", workers=WORKERS, engine="datatrove")
+    assert rows(tmp_path / "dt") == rows(tmp_path / "local")
 
 
 def test_unknown_engine_is_a_config_error(tmp_path: Path, make_prose) -> None:  # noqa: ANN001

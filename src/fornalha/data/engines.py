@@ -48,6 +48,7 @@ from datatrove.data import Document
 from datatrove.pipeline.base import PipelineStep
 
 from fornalha.data.sources import RawDoc, Skipped, SourceSpec, iter_source
+from fornalha.errors import DataError
 
 if TYPE_CHECKING:
     from fornalha.data.prepare import PrepareConfig, PrepareReport, Processed
@@ -160,6 +161,23 @@ def make_steps(
     return [FornalhaReader(cfg_json, specs), FornalhaProcess(cfg_json, near), FornalhaResults(str(work))]
 
 
+def cluster_steps(cfg: PrepareConfig, out_dir: str | Path, tasks: int) -> tuple[list[PipelineStep], str]:
+    """(stage-1 steps, logging_dir) for running stage 1 on a cluster executor (Slurm, Ray).
+
+    ``out_dir`` must be on a filesystem every node sees. Run the steps with ``tasks`` tasks and the
+    returned ``logging_dir``; then ``fornalha data prepare ... --engine datatrove --workers TASKS
+    --out OUT_DIR`` finds every task completed and runs only the global step (see
+    ``docs/data-engines.md``).
+    """
+    from fornalha.data.prepare import cache_key, resolve_sources
+
+    specs = resolve_sources(cfg)
+    key, _ = cache_key(cfg, specs)
+    work = _work_dir(Path(out_dir), key, tasks)
+    near = cfg.dedup.near or (cfg.split.group_near_duplicates and cfg.split.mode == "doc")  # as prepare()
+    return make_steps(cfg, specs, work, near), str(work / "logs")
+
+
 def _read_results(path: Path) -> Iterator[tuple[int, Any]]:
     with open(path, "rb") as fh:
         while True:
@@ -172,6 +190,7 @@ def _read_results(path: Path) -> Iterator[tuple[int, Any]]:
 def _work_dir(out: Path, key: str | None, workers: int) -> Path:
     """``OUT/.datatrove``, emptied unless it holds a resumable run of the same key and worker count."""
     work = out / WORK_DIR
+    out.mkdir(parents=True, exist_ok=True)
     stamp = json.dumps({"key": key, "workers": workers})
     stamp_file = work / "run.json"
     resumable = key is not None and stamp_file.is_file() and stamp_file.read_text() == stamp
@@ -214,6 +233,8 @@ def datatrove_results(
         f"engine: datatrove LocalPipelineExecutor, {workers} tasks (logs were in {work}/logs)"
     )
     files = [work / "results" / f"rank-{rank:05d}.pkl" for rank in range(workers)]
+    if missing := [f.name for f in files if not f.is_file()]:
+        raise DataError(f"datatrove stage 1 left no results for {', '.join(missing)}; see {work}/logs")
     for _, item in heapq.merge(*(_read_results(f) for f in files), key=lambda pair: pair[0]):
         if isinstance(item, Skipped):
             stats = report.sources[item.source]
