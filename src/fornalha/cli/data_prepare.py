@@ -17,6 +17,7 @@ EXAMPLE = """
   fornalha data prepare --source ../shared/data/tinyshakespeare.txt --split tail --val-fraction 0.1 --out data/shakespeare
   fornalha data prepare --source hf:./saved_dataset@train --text-field content --out data/hf
   fornalha data prepare --recipe recipe.yaml --out data/mix
+  fornalha data prepare --source builtin: --engine datatrove --workers 4 --out data/stdlib
 
 Sources: PATH (file or folder), GLOB, hf:org/name[:config][@split], http(s)://URL, builtin: (the
 Python standard library). Append ::WEIGHT to repeat (2) or subsample (0.5) a source in train.
@@ -57,6 +58,9 @@ def prepare_command(
         list[str] | None, typer.Option("--language", help="Keep only these languages (langdetect), e.g. pt.")
     ] = None,
     workers: Annotated[int | None, typer.Option(help="Worker processes (default: all cores).")] = None,
+    engine: Annotated[
+        str, typer.Option(help="local (own process pool) or datatrove (LocalPipelineExecutor, same output).")
+    ] = "local",
     max_docs: Annotated[int | None, typer.Option(help="Per source: read at most N documents.")] = None,
     max_bytes: Annotated[int | None, typer.Option(help="Per source: read at most N bytes.")] = None,
     no_cache: Annotated[
@@ -98,8 +102,10 @@ def prepare_command(
         cfg.max_bytes = max_bytes
     if workers is not None and workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {workers}")
+    if engine not in ("local", "datatrove"):
+        raise ConfigError(f"--engine must be local or datatrove, got {engine!r}")
 
-    report = prepare(cfg, out, workers=workers, progress=not quiet, use_cache=not no_cache)
+    report = prepare(cfg, out, workers=workers, progress=not quiet, use_cache=not no_cache, engine=engine)
     if not quiet:
         print_report(report)
 

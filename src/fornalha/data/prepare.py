@@ -65,6 +65,7 @@ FORMAT = "fornalha-dataset"
 VERSION = 1
 BATCH_DOCS = 16
 BATCH_BYTES = 1024 * 1024
+ENGINES = ("local", "datatrove")  # where the per-document work runs (see fornalha.data.engines)
 
 
 class SourceEntry(BaseModel):
@@ -432,11 +433,16 @@ def prepare(
     workers: int | None = None,
     progress: bool = False,
     use_cache: bool = True,
+    engine: str = "local",
 ) -> PrepareReport:
     """Run the whole data stage; write ``out_dir``; return the report.
 
     ``workers``: processes for the per-document work (default: all cores; 1 = in-process).
+    ``engine``: ``local`` (this module's pool) or ``datatrove`` (the same per-document work as a
+    datatrove pipeline, see :mod:`fornalha.data.engines`); the output is the same.
     """
+    if engine not in ENGINES:
+        raise ConfigError(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     from fornalha.outputs import claim
 
     out = Path(out_dir)
@@ -486,13 +492,19 @@ def prepare(
 
         ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
         pool = None
-        if workers > 1:
+        if workers > 1 and engine == "local":
             pool = ctx.Pool(workers, initializer=_init_worker, initargs=(cfg.model_dump_json(), near))
         else:
             _init_worker(cfg.model_dump_json(), near)
         try:
             with byte_progress("preparing", _total_bytes(specs, cfg), enabled=progress) as advance:
-                for doc in _ordered_map(_process_batch, _batches(reader()), pool, 2 * workers):
+                if engine == "datatrove":
+                    from fornalha.data.engines import datatrove_results
+
+                    results = datatrove_results(cfg, specs, report, out, workers=workers, near=near)
+                else:
+                    results = _ordered_map(_process_batch, _batches(reader()), pool, 2 * workers)
+                for doc in results:
                     stats = report.sources[doc.source]
                     stats.docs_in += 1
                     stats.bytes_in += doc.bytes_in
