@@ -8,8 +8,9 @@
 #    sdist on PyPI (cmake, -DGGML_NATIVE=ON, only those targets), cached outside the repository in
 #    ~/.cache/fornalha/llama.cpp/<version>/bin (override the root with FORNALHA_CACHE). The build runs once;
 #    on 2 cores it takes about 10 minutes (see docs/export.md). Concurrent builds wait on a lock.
-# 2. Export RUN_DIR to GGUF (f32) with `fornalha export gguf` (next to the run, in RUN_DIR/export/model-f32.gguf;
-#    an existing file that the export did not write is never overwritten: fornalha refuses it).
+# 2. Export RUN_DIR's best checkpoint to GGUF (f32) with `fornalha export gguf`, into
+#    RUN_DIR/export/model-f32.gguf (re-exported at every start, so it is never stale; fornalha refuses to
+#    overwrite a file there that is not a GGUF).
 # 3. exec llama-server on 127.0.0.1:PORT with -np NP slots and 2 threads, one context per slot of the run's
 #    context window.
 set -euo pipefail
@@ -17,7 +18,7 @@ set -euo pipefail
 LLAMA_CPP_PYTHON_VERSION="${LLAMA_CPP_PYTHON_VERSION:-0.3.36}"
 CACHE_ROOT="${FORNALHA_CACHE:-$HOME/.cache/fornalha}/llama.cpp/$LLAMA_CPP_PYTHON_VERSION"
 BIN_DIR="$CACHE_ROOT/bin"
-PYTHON="${PYTHON:-python}"
+PYTHON="${PYTHON:-$(command -v python || command -v python3)}"   # the Python that has fornalha
 PIP="${PIP:-$PYTHON -m pip}"
 JOBS="${JOBS:-2}"
 
@@ -69,10 +70,9 @@ RUN_DIR="$1"; PORT="$2"; NP="${3:-16}"
 
 build_llamacpp
 GGUF="$RUN_DIR/export/model-f32.gguf"
-if [[ ! -f "$GGUF" ]]; then
-    mkdir -p "$RUN_DIR/export"
-    "$PYTHON" -m fornalha.cli export gguf --run "$RUN_DIR" --out "$GGUF" --dtype f32 >&2
-fi
-CTX=$("$PYTHON" -c "import gguf,sys; r=gguf.GGUFReader(sys.argv[1]); f=r.get_field('llama.context_length'); print(int(f.parts[f.data[0]][0]))" "$GGUF")
+mkdir -p "$RUN_DIR/export"
+"$PYTHON" -m fornalha.cli export gguf --run "$RUN_DIR" --out "$GGUF" --dtype f32 >/dev/null
+CTX=$("$PYTHON" -c "import gguf, sys; r = gguf.GGUFReader(sys.argv[1]); arch = r.get_field('general.architecture').contents()
+print(r.get_field(arch + '.context_length').contents())" "$GGUF")
 exec "$BIN_DIR/llama-server" -m "$GGUF" --host 127.0.0.1 --port "$PORT" -np "$NP" -t 2 -tb 2 \
     -c $((CTX * NP)) --no-webui

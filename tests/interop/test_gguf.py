@@ -74,7 +74,9 @@ def _make_run(root: Path, tok_dir: Path, seed: int = 0, **overrides) -> tuple[Pa
         model.norm_f.weight.mul_(4.0)  # wider logit margins: greedy must not hinge on rounding
     run = root / "run"
     shutil.copytree(tok_dir, run / "tokenizer")
-    save_checkpoint(run / "checkpoints" / "best", model_state_for_saving(model), {"model_config": cfg.to_dict()})
+    save_checkpoint(
+        run / "checkpoints" / "best", model_state_for_saving(model), {"model_config": cfg.to_dict()}
+    )
     return run, model.eval()
 
 
@@ -94,7 +96,10 @@ def _field(reader, key: str):
 
 @pytest.mark.parametrize(
     "overrides, arch",
-    [({"qk_norm": True, "tie_embeddings": True}, "qwen3"), ({"tie_embeddings": False, "n_kv_head": 2}, "llama")],
+    [
+        ({"qk_norm": True, "tie_embeddings": True}, "qwen3"),
+        ({"tie_embeddings": False, "n_kv_head": 2}, "llama"),
+    ],
 )
 def test_export_reads_back_with_metadata_tokenizer_and_tensors(tmp_path, tok_dir, overrides, arch):
     run, model = _make_run(tmp_path, tok_dir, **overrides)
@@ -114,7 +119,12 @@ def test_export_reads_back_with_metadata_tokenizer_and_tensors(tmp_path, tok_dir
     assert _field(reader, "tokenizer.ggml.model") == "gpt2"
     assert _field(reader, "tokenizer.ggml.pre") == "llama-bpe"
     assert _field(reader, "tokenizer.ggml.add_bos_token") is True
-    assert [_field(reader, f"tokenizer.ggml.{k}_token_id") for k in ("bos", "eos", "eot", "padding")] == [0, 1, 6, 2]
+    assert [_field(reader, f"tokenizer.ggml.{k}_token_id") for k in ("bos", "eos", "eot", "padding")] == [
+        0,
+        1,
+        6,
+        2,
+    ]
     tokens = _field(reader, "tokenizer.ggml.tokens")
     types = _field(reader, "tokenizer.ggml.token_type")
     assert len(tokens) == 520 and tokens[:2] == ["<|bos|>", "<|endoftext|>"] and tokens[519] == "[PAD519]"
@@ -133,7 +143,9 @@ def test_export_reads_back_with_metadata_tokenizer_and_tensors(tmp_path, tok_dir
         return np.asarray(t.data).reshape([int(d) for d in reversed(t.shape)])
 
     np.testing.assert_array_equal(data("token_embd.weight"), state["wte.weight"].numpy())
-    np.testing.assert_array_equal(data("blk.1.ffn_down.weight"), state["blocks.1.mlp.down_proj.weight"].numpy())
+    np.testing.assert_array_equal(
+        data("blk.1.ffn_down.weight"), state["blocks.1.mlp.down_proj.weight"].numpy()
+    )
     q_rows = cfg.n_head * cfg.head_dim
     kv_rows = cfg.n_kv_head * cfg.head_dim
     qkv = state["blocks.0.attn.qkv.weight"]
@@ -145,7 +157,9 @@ def test_export_reads_back_with_metadata_tokenizer_and_tensors(tmp_path, tok_dir
     np.testing.assert_array_equal(data("blk.0.attn_q.weight"), q.numpy())
     np.testing.assert_array_equal(data("blk.0.attn_k.weight"), k.numpy())
     if cfg.qk_norm:
-        np.testing.assert_array_equal(data("blk.1.attn_k_norm.weight"), state["blocks.1.attn.k_norm.weight"].numpy())
+        np.testing.assert_array_equal(
+            data("blk.1.attn_k_norm.weight"), state["blocks.1.attn.k_norm.weight"].numpy()
+        )
 
 
 def test_f16_export_halves_matrices_and_keeps_norms_f32(tmp_path, tok_dir):
@@ -186,6 +200,22 @@ def test_export_errors(tmp_path, tok_dir):
     # a GGUF written earlier is replaced
     first = export_gguf(good, tmp_path / "x.gguf")
     assert export_gguf(good, first) == first and gguf.GGUFReader(first).tensors
+
+
+@pytest.mark.parametrize("preset", ["tiny", "small", "gpt2-124m"])
+def test_every_pipeline_preset_exports_to_hf_and_gguf(tmp_path, tok_dir, preset):
+    """Each preset's model choices (MLP, soft-capping, QK-norm, tying), at a small width, exports both ways."""
+    from fornalha.interop import export_hf
+    from fornalha.train.config import PRESETS, load_config
+
+    assert preset in PRESETS
+    full = load_config(preset).model_cfg(vocab_size=520)
+    small = {"n_layer": 1, "n_head": 2, "n_embd": 64, "block_size": 64, "mlp_hidden": None, "vocab_size": 520}
+    run, _ = _make_run(tmp_path, tok_dir, **{**full.to_dict(), **small, "n_kv_head": None})
+    assert (full.mlp, full.logit_softcap, full.qk_norm) == ("swiglu", None, True)
+    hf_config = json.loads((export_hf(run, tmp_path / "hf") / "config.json").read_text())
+    assert hf_config["architectures"] == ["Qwen3ForCausalLM"]
+    assert _field(gguf.GGUFReader(export_gguf(run, tmp_path / "m.gguf")), "general.architecture") == "qwen3"
 
 
 def test_cli_export_gguf(tmp_path, tok_dir):
@@ -233,7 +263,15 @@ def test_llama_tokenize_gives_our_ids_on_held_out_text(tmp_path, tok_dir, llamac
         prompt = tmp_path / "prompt.txt"
         prompt.write_bytes(text.encode("utf-8"))
         done = subprocess.run(
-            [str(llamacpp_bin / "llama-tokenize"), "-m", str(path), "-f", str(prompt), "--ids", "--log-disable"],
+            [
+                str(llamacpp_bin / "llama-tokenize"),
+                "-m",
+                str(path),
+                "-f",
+                str(prompt),
+                "--ids",
+                "--log-disable",
+            ],
             capture_output=True,
             text=True,
             timeout=60,
@@ -263,8 +301,28 @@ def test_llama_server_greedy_continuation_matches_ours(tmp_path, tok_dir, llamac
 
     port = _free_port()
     server = subprocess.Popen(
-        [str(llamacpp_bin / "llama-server"), "-m", str(path), "--host", "127.0.0.1", "--port", str(port),
-         "-np", "1", "-t", "2", "-c", "64", "-ctk", "f32", "-ctv", "f32", "-fa", "off", "--no-webui"],  # fmt: skip
+        [
+            str(llamacpp_bin / "llama-server"),
+            "-m",
+            str(path),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "-np",
+            "1",
+            "-t",
+            "2",
+            "-c",
+            "64",
+            "-ctk",
+            "f32",
+            "-ctv",
+            "f32",
+            "-fa",
+            "off",
+            "--no-webui",
+        ],  # fmt: skip
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
@@ -290,3 +348,45 @@ def test_llama_server_greedy_continuation_matches_ours(tmp_path, tok_dir, llamac
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_llamacpp_server_script_serves_the_run(tmp_path, tok_dir, llamacpp_bin):
+    """benchmarks/llamacpp_server.sh RUN_DIR PORT NP: exports the run and serves it with NP slots."""
+    import os
+
+    run, _ = _make_run(tmp_path, tok_dir, qk_norm=True)
+    port = _free_port()
+    env = {**os.environ, "PYTHON": sys.executable}
+    server = subprocess.Popen(
+        ["bash", str(SCRIPT), str(run), str(port), "2"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+            deadline = time.monotonic() + 90
+            while True:
+                assert server.poll() is None, server.stderr.read().decode()[-2000:]
+                try:
+                    if client.get("/health").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                assert time.monotonic() < deadline, "llama-server did not become healthy in 90 s"
+                time.sleep(0.2)
+            assert (run / "export" / "model-f32.gguf").is_file()
+            slots = client.get("/slots").json()
+            assert len(slots) == 2 and slots[0]["n_ctx"] == 64
+            reply = client.post(
+                "/completion", json={"prompt": "To be", "n_predict": 5, "temperature": 0}
+            ).json()
+            assert reply["tokens_predicted"] >= 1
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    bad = subprocess.run(
+        ["bash", str(SCRIPT), str(tmp_path / "nope"), "1"], capture_output=True, text=True, env=env
+    )
+    assert bad.returncode == 2 and "run folder not found" in bad.stderr

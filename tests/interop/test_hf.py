@@ -161,7 +161,10 @@ def test_plain_tok_prompt_gives_the_greedy_continuation_of_fornalha_generate(tmp
     for prompt in ("To be, or not to be", "Olá 2024: café"):
         cli = [sys.executable, "-m", "fornalha.cli", "generate", "--run", str(run), "--prompt", prompt]
         done = subprocess.run(
-            [*cli, "--temperature", "0", "--max-new-tokens", "20"], capture_output=True, text=True, timeout=120
+            [*cli, "--temperature", "0", "--max-new-tokens", "20"],
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         assert done.returncode == 0, done.stderr
         inputs = tok(prompt, return_tensors="pt")

@@ -35,7 +35,7 @@ def export_hf_command(
 ) -> None:
     """Write a Hugging Face model folder (Llama architecture; Qwen3 when QK-norm is on).
 
-    The folder loads with transformers' AutoModelForCausalLM / AutoTokenizer, serves with `vllm serve DIR` and converts to GGUF with llama.cpp's convert_hf_to_gguf.py.
+    The folder loads with transformers' AutoModelForCausalLM / AutoTokenizer, serves with `vllm serve DIR`; for llama.cpp use `fornalha export gguf`.
 
     Examples:
 
@@ -59,7 +59,9 @@ def export_gguf_command(
     checkpoint: Annotated[
         str, typer.Option("--checkpoint", help="best, last, or a step folder name such as step-000200.")
     ] = "best",
-    dtype: Annotated[str, typer.Option("--dtype", help="Weight matrices: f32 or f16 (norms stay f32).")] = "f32",
+    dtype: Annotated[
+        str, typer.Option("--dtype", help="Weight matrices: f32 or f16 (norms stay f32).")
+    ] = "f32",
 ) -> None:
     """Write one GGUF file for llama.cpp (llama-server, llama-cli); Qwen3 architecture when QK-norm is on, else Llama.
 

@@ -104,11 +104,7 @@ def permute_rotary(weight: torch.Tensor, n_head: int) -> torch.Tensor:
     """
     out_features = weight.shape[0]
     head_dim = out_features // n_head
-    return (
-        weight.reshape(n_head, 2, head_dim // 2, *weight.shape[1:])
-        .transpose(1, 2)
-        .reshape(weight.shape)
-    )
+    return weight.reshape(n_head, 2, head_dim // 2, *weight.shape[1:]).transpose(1, 2).reshape(weight.shape)
 
 
 def gguf_tensors(state: dict[str, torch.Tensor], cfg: ModelConfig, arch: str) -> dict[str, torch.Tensor]:
@@ -168,7 +164,9 @@ def gguf_vocab(hf: dict[str, Any], vocab_size: int) -> tuple[list[str], list[int
         kind = gguf.TokenType.CONTROL if added.get("special") else gguf.TokenType.USER_DEFINED
         by_id[int(added["id"])] = (added["content"], kind)
     if by_id and max(by_id) >= vocab_size:
-        raise FornalhaError(f"the tokenizer has ids up to {max(by_id)}, past the model's vocab_size {vocab_size}")
+        raise FornalhaError(
+            f"the tokenizer has ids up to {max(by_id)}, past the model's vocab_size {vocab_size}"
+        )
     tokens, types = [], []
     for i in range(vocab_size):
         token, kind = by_id.get(i, (f"[PAD{i}]", gguf.TokenType.UNUSED))
@@ -216,7 +214,9 @@ def export_gguf(
         raise FornalhaError(f"run folder {run_dir} does not exist")
     tok_dir = run_dir / "tokenizer"
     if not tok_dir.is_dir():
-        raise FornalhaError(f"{run_dir} is not a run folder (no tokenizer/ inside); export needs the tokenizer")
+        raise FornalhaError(
+            f"{run_dir} is not a run folder (no tokenizer/ inside); export needs the tokenizer"
+        )
     _check_out(out)
     meta, hf_tok = _read_tokenizer(tok_dir)
     model, ckpt_meta = load_model(run_dir, which=which)

@@ -65,7 +65,11 @@ GPT4_SPLIT_PATTERN = (
     r"""|\s*[\r\n]|\s+(?!\S)|\s+"""
 )
 #: Named patterns for the CLI's ``--pattern`` ("gpt4" is cl100k itself, i.e. llama3).
-PATTERNS = {"llama3": LLAMA3_SPLIT_PATTERN, "gpt4": LLAMA3_SPLIT_PATTERN, "gpt4-2digit": GPT4_2DIGIT_SPLIT_PATTERN}
+PATTERNS = {
+    "llama3": LLAMA3_SPLIT_PATTERN,
+    "gpt4": LLAMA3_SPLIT_PATTERN,
+    "gpt4-2digit": GPT4_2DIGIT_SPLIT_PATTERN,
+}
 N_SPECIAL = len(SPECIAL_TOKENS)
 MIN_VOCAB_SIZE = N_SPECIAL + 256
 
