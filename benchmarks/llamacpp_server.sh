@@ -3,6 +3,7 @@
 #
 #   benchmarks/llamacpp_server.sh RUN_DIR PORT [NP]      (NP parallel slots, default 16)
 #   benchmarks/llamacpp_server.sh --build-only           (only build/cache the binaries, print their folder)
+#   env: PYTHON (the Python with fornalha), FORNALHA_CACHE, JOBS (build jobs, 2), LLAMA_SERVER_EXTRA
 #
 # 1. Build llama.cpp's `llama-server` and `llama-tokenize` from the source vendored in the llama-cpp-python
 #    sdist on PyPI (cmake, -DGGML_NATIVE=ON, only those targets), cached outside the repository in
@@ -74,5 +75,7 @@ mkdir -p "$RUN_DIR/export"
 "$PYTHON" -m fornalha.cli export gguf --run "$RUN_DIR" --out "$GGUF" --dtype f32 >/dev/null
 CTX=$("$PYTHON" -c "import gguf, sys; r = gguf.GGUFReader(sys.argv[1]); arch = r.get_field('general.architecture').contents()
 print(r.get_field(arch + '.context_length').contents())" "$GGUF")
+# LLAMA_SERVER_EXTRA: further llama-server flags (benchmarks/gguf_parity.py passes "-fa off -ctk f32 -ctv f32")
+# shellcheck disable=SC2086
 exec "$BIN_DIR/llama-server" -m "$GGUF" --host 127.0.0.1 --port "$PORT" -np "$NP" -t 2 -tb 2 \
-    -c $((CTX * NP)) --no-webui
+    -c $((CTX * NP)) --no-webui ${LLAMA_SERVER_EXTRA:-}

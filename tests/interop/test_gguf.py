@@ -259,7 +259,9 @@ def test_llama_tokenize_gives_our_ids_on_held_out_text(tmp_path, tok_dir, llamac
     run, _ = _make_run(tmp_path, tok_dir, qk_norm=True)
     path = export_gguf(run, tmp_path / "m.gguf")
     ours = load_tokenizer(run)
-    for text in HELD_OUT:
+    novel = (SHARED / "pt" / "eca_os_maias.txt").read_text(encoding="utf-8")[100_000:130_000]
+    code = Path(json.__file__).with_name("decoder.py").read_text(encoding="utf-8")  # Python's stdlib source
+    for text in [*HELD_OUT, novel, code]:
         prompt = tmp_path / "prompt.txt"
         prompt.write_bytes(text.encode("utf-8"))
         done = subprocess.run(
@@ -270,6 +272,7 @@ def test_llama_tokenize_gives_our_ids_on_held_out_text(tmp_path, tok_dir, llamac
                 "-f",
                 str(prompt),
                 "--ids",
+                "--no-escape",  # the file is the text itself: "\\n" stays two characters
                 "--log-disable",
             ],
             capture_output=True,
