@@ -92,7 +92,9 @@ def main() -> None:
                 theirs = client.post("/completion", json=body).json()["content"]
                 cmd = [sys.executable, "-m", "fornalha.cli", "generate", "--run", str(args.run), "--prompt", prompt,
                        "--temperature", "0", "--max-new-tokens", str(args.tokens)]  # fmt: skip
-                ours = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.rstrip("\n")
+                ours = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.removesuffix(
+                    "\n"
+                )
                 result["greedy"].append(
                     {"prompt": prompt, "identical": theirs == ours, "llamacpp": theirs, "fornalha": ours}
                 )
