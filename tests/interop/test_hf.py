@@ -126,7 +126,8 @@ def test_exported_tokenizer_encodes_like_ours_and_has_chat_template(tmp_path, to
     for text in TEXTS:
         ids = ours.encode(text)
         assert theirs.encode(text, add_special_tokens=False) == ids
-        assert theirs.encode(text) == ids  # the export adds no special tokens, like fornalha
+        assert theirs.encode(text) == [0, *ids]  # <|bos|> added by the tokenizer, as in training
+        assert theirs(text)["input_ids"] == [0, *ids]
         assert theirs.decode(ids) == text
     assert (theirs.bos_token_id, theirs.eos_token_id, theirs.pad_token_id) == (0, 1, 2)
     assert theirs.model_max_length == 64
@@ -143,6 +144,34 @@ def test_exported_tokenizer_encodes_like_ours_and_has_chat_template(tmp_path, to
     )
     ids = theirs.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
     assert list(ids) == ours.encode_chat(messages, add_generation_prompt=True)
+    assert list(ids).count(0) == 1  # the template's <|bos|>, not a second one from the tokenizer
+    assert json.loads((out / "tokenizer_config.json").read_text())["add_bos_token"] is True
+    assert "do not type it" in (out / "README.md").read_text()
+
+
+def test_plain_tok_prompt_gives_the_greedy_continuation_of_fornalha_generate(tmp_path, tokenizer_dir):
+    """`tok(prompt)` + `generate` in transformers continues exactly as `fornalha generate --prompt`."""
+    import subprocess
+    import sys
+
+    run, _ = make_run(tmp_path, tokenizer_dir, qk_norm=True)
+    out = export_hf(run, tmp_path / "hf")
+    tok = transformers.AutoTokenizer.from_pretrained(out)
+    hf = load_hf(out)
+    for prompt in ("To be, or not to be", "Olá 2024: café"):
+        cli = [sys.executable, "-m", "fornalha.cli", "generate", "--run", str(run), "--prompt", prompt]
+        done = subprocess.run(
+            [*cli, "--temperature", "0", "--max-new-tokens", "20"],
+            capture_output=True,
+            text=True,
+            timeout=600,  # generous: a loaded CI machine
+        )
+        assert done.returncode == 0, done.stderr
+        inputs = tok(prompt, return_tensors="pt")
+        assert inputs["input_ids"][0, 0].item() == 0
+        ids = hf.generate(**inputs, max_new_tokens=20, do_sample=False, pad_token_id=2)
+        text = tok.decode(ids[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+        assert done.stdout.removesuffix("\n") == text
 
 
 def test_round_trip_export_import_gives_identical_weights_and_logits(tmp_path, tokenizer_dir):

@@ -61,12 +61,12 @@ def test_train_encode_decode_eval(dataset: Path, books: list[str], tmp_path: Pat
 
 
 def test_gpt4_pattern(dataset: Path, tmp_path: Path, capsys) -> None:
-    from fornalha.tokenizer.bpe import GPT4_SPLIT_PATTERN
+    from fornalha.tokenizer.bpe import LLAMA3_SPLIT_PATTERN
 
     args = ["tokenizer", "train", "--data", str(dataset), "--vocab-size", "300", "--pattern", "gpt4"]
     code, _, _ = run([*args, "--max-bytes", "100000", "--out", str(tmp_path)], capsys)
     tok = load_tokenizer(tmp_path)
-    assert code == 0 and tok.pattern == GPT4_SPLIT_PATTERN
+    assert code == 0 and tok.pattern == LLAMA3_SPLIT_PATTERN
 
 
 def test_char_kind(dataset: Path, tmp_path: Path, capsys) -> None:

@@ -1,4 +1,4 @@
-"""`fornalha export hf` and `fornalha import hf`: thin commands over `fornalha.interop`."""
+"""`fornalha export hf|gguf` and `fornalha import hf`: thin commands over `fornalha.interop`."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from rich.console import Console
 console = Console(stderr=True)
 
 export_app = typer.Typer(
-    help="Export a trained run to other ecosystems (hf: a Hugging Face transformers folder).",
+    help="Export a trained run to other ecosystems (hf: a Hugging Face transformers folder; "
+    "gguf: one file for llama.cpp).",
     no_args_is_help=True,
 )
 import_app = typer.Typer(
@@ -34,7 +35,7 @@ def export_hf_command(
 ) -> None:
     """Write a Hugging Face model folder (Llama architecture; Qwen3 when QK-norm is on).
 
-    The folder loads with transformers' AutoModelForCausalLM / AutoTokenizer, serves with `vllm serve DIR` and converts to GGUF with llama.cpp's convert_hf_to_gguf.py.
+    The folder loads with transformers' AutoModelForCausalLM / AutoTokenizer, serves with `vllm serve DIR`; for llama.cpp use `fornalha export gguf`.
 
     Examples:
 
@@ -48,6 +49,34 @@ def export_hf_command(
 
     arch = json.loads((path / "config.json").read_text())["architectures"][0]
     console.print(f"exported {run} ({checkpoint}, {dtype}) as {arch} -> {path}")
+    print(path)
+
+
+@export_app.command("gguf")
+def export_gguf_command(
+    run: Annotated[Path, typer.Option("--run", help="Run folder from `fornalha train`.")],
+    out: Annotated[Path, typer.Option("--out", help="GGUF file to write (FILE.gguf).")],
+    checkpoint: Annotated[
+        str, typer.Option("--checkpoint", help="best, last, or a step folder name such as step-000200.")
+    ] = "best",
+    dtype: Annotated[
+        str, typer.Option("--dtype", help="Weight matrices: f32 or f16 (norms stay f32).")
+    ] = "f32",
+) -> None:
+    """Write one GGUF file for llama.cpp (llama-server, llama-cli); Qwen3 architecture when QK-norm is on, else Llama.
+
+    The file names llama.cpp's `llama-bpe` pre-tokenizer, so llama.cpp cuts text exactly as fornalha does, and adds <|bos|> in front of prompts as training did.
+
+    Examples:
+
+      fornalha export gguf --run runs/tiny --out exports/tiny-f32.gguf
+
+      llama-server -m exports/tiny-f32.gguf --port 8080
+    """
+    from fornalha.interop.gguf import export_gguf
+
+    path = export_gguf(run, out, which=checkpoint, dtype=dtype)
+    console.print(f"exported {run} ({checkpoint}, {dtype}) -> {path}")
     print(path)
 
 

@@ -36,9 +36,11 @@ def train(
     pattern: Annotated[
         str,
         typer.Option(
-            "--pattern", help="BPE split regex: gpt4-2digit (GPT-4's, digit runs <= 2), gpt4, or a regex."
+            "--pattern",
+            help="BPE split regex: llama3 (GPT-4's cl100k, llama.cpp's llama-bpe; exports to GGUF), "
+            "gpt4 (the same), gpt4-2digit (nanochat's, digit runs <= 2; no GGUF export), or a regex.",
         ),
-    ] = "gpt4-2digit",
+    ] = "llama3",
 ) -> None:
     """Train a tokenizer and save it (tokenizer.json, tokenizer_config.json, fornalha_tokenizer.json).
 

@@ -338,7 +338,13 @@ def _export_tokenizer(tok_dir: Path, out: Path, block_size: int) -> dict[str, in
     """Copy tokenizer.json and write tokenizer_config.json / special_tokens_map.json for transformers.
 
     Returns the special-token ids. Ids are the run's own: the exported tokenizer encodes text
-    exactly as fornalha does (no BOS is added by `encode`; the chat template starts with one).
+    exactly as fornalha does, and, like Llama's, puts `<|bos|>` in front by itself (a
+    `TemplateProcessing` post-processor and `add_bos_token: true`), since every training document
+    started with one: `tok(prompt)` in transformers, vLLM's completions and llama.cpp then feed the
+    model the ids `fornalha generate --prompt` feeds it. The chat template starts with `<|bos|>` too;
+    chat paths tokenize the rendered text without special tokens (transformers'
+    `apply_chat_template`, vLLM's chat endpoint) or strip the template's leading BOS (llama.cpp),
+    so a conversation still gets exactly one.
     """
     tok_json_path = tok_dir / "tokenizer.json"
     if not tok_json_path.is_file():
@@ -346,7 +352,16 @@ def _export_tokenizer(tok_dir: Path, out: Path, block_size: int) -> dict[str, in
             f"{tok_dir} has no tokenizer.json; Hugging Face export needs the standard tokenizers file"
         )
     special = special_token_ids(_read_json(tok_json_path))
-    shutil.copyfile(tok_json_path, out / "tokenizer.json")
+    if BOS in special:
+        from tokenizers import Tokenizer, processors
+
+        hf_tok = Tokenizer.from_file(str(tok_json_path))
+        hf_tok.post_processor = processors.TemplateProcessing(
+            single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B:1", special_tokens=[(BOS, special[BOS])]
+        )
+        hf_tok.save(str(out / "tokenizer.json"))
+    else:
+        shutil.copyfile(tok_json_path, out / "tokenizer.json")
     if (tok_dir / "fornalha_tokenizer.json").is_file():  # lets `import hf` restore a fornalha tokenizer
         shutil.copyfile(tok_dir / "fornalha_tokenizer.json", out / "fornalha_tokenizer.json")
 
@@ -363,7 +378,7 @@ def _export_tokenizer(tok_dir: Path, out: Path, block_size: int) -> dict[str, in
         config.setdefault("additional_special_tokens", extra)
     if all(t in special for t in FORNALHA_SPECIALS):
         config.setdefault("chat_template", CHAT_TEMPLATE)
-    config.setdefault("add_bos_token", False)
+    config["add_bos_token"] = BOS in special
     config.setdefault("add_eos_token", False)
     config.setdefault("clean_up_tokenization_spaces", False)
     config["model_max_length"] = block_size
@@ -468,7 +483,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 tok = AutoTokenizer.from_pretrained("path/to/{name}")
 model = AutoModelForCausalLM.from_pretrained("path/to/{name}")
 
-ids = tok("<|bos|>Once upon a time", return_tensors="pt", add_special_tokens=False)
+ids = tok("Once upon a time", return_tensors="pt")  # <|bos|> is added, as in training
 out = model.generate(**ids, max_new_tokens=50, do_sample=False)
 print(tok.decode(out[0], skip_special_tokens=True))
 
@@ -478,8 +493,11 @@ ids = tok.apply_chat_template(msgs, add_generation_prompt=True, return_tensors="
 out = model.generate(**ids, max_new_tokens=50)  # stops at <|end|> or <|endoftext|> (generation_config.json)
 ```
 
-The tokenizer adds no special tokens by itself: documents were trained as `<|bos|>` + text, so
-start plain-text prompts with `<|bos|>` for the best continuations.
+Every training document started with `<|bos|>`, so the tokenizer puts it in front of a prompt by
+itself, as Llama's does (`add_bos_token`); do not type it. The greedy continuation of `tok(prompt)`
+here, in vLLM's completions endpoint and in llama.cpp is the one `fornalha generate --prompt` gives.
+The chat template starts with `<|bos|>`; `apply_chat_template`, vLLM's chat endpoint and llama.cpp
+all keep just that one.
 
 ## Serve with vLLM
 
@@ -487,17 +505,18 @@ start plain-text prompts with `<|bos|>` for the best continuations.
 vllm serve path/to/{name} --max-model-len {cfg.block_size}
 ```
 
-## Convert to GGUF (llama.cpp)
+## Run with llama.cpp (GGUF)
+
+Export the run itself with fornalha, which names llama.cpp's pre-tokenizer (`llama-bpe`, the
+split pattern this tokenizer was trained with) in the file:
 
 ```bash
-python convert_hf_to_gguf.py path/to/{name} --outfile {name}.gguf --outtype f16
-llama-cli -m {name}.gguf -p "Once upon a time" -n 50
+fornalha export gguf --run RUN_DIR --out {name}.gguf
+llama-server -m {name}.gguf --port 8080
 ```
 
-The converter identifies BPE pre-tokenizers by a hash of their output on a probe text and stops
-with "BPE pre-tokenizer was not recognized" for a newly trained vocabulary. Register the printed
-`chkhsh` in its `get_vocab_base_pre()` with `res = "llama-bpe"` (the same GPT-4 split pattern,
-except that it groups up to three digits where this tokenizer groups two).
+(llama.cpp's `convert_hf_to_gguf.py` recognises pre-tokenizers by hashing the ids of a probe text,
+so it stops with "BPE pre-tokenizer was not recognized" on any newly trained vocabulary.)
 
 Limits: context of {cfg.block_size} tokens (rotary positions were only trained that far).
 """

@@ -16,9 +16,14 @@ Three well-kept pieces do the work; this module glues them and keeps them in agr
 Ids: the seven special tokens take ids 0..6 (see `chat.py`); the 256 bytes and the learned
 merges follow from id 7, in rank order. ``vocab_size`` counts everything.
 
-Split pattern: GPT-4's (cl100k) pattern with numbers cut into runs of at most **two** digits
-(``\\p{N}{1,2}`` instead of ``{1,3}``), as nanochat does: with small vocabularies (a few
-thousand tokens) three-digit number tokens would take many slots that words need more.
+Split pattern: GPT-4's (cl100k) pattern, which Llama 3 also uses: contractions, letter runs
+with one leading non-letter, numbers in runs of at most three digits, punctuation runs,
+newlines, spaces. llama.cpp implements it natively as its ``llama-bpe`` pre-tokenizer, so a
+GGUF export can name it (`fornalha.interop.gguf`) and llama.cpp cuts text exactly as we do.
+Tokenizers trained before this choice used nanochat's variant with digit runs of at most
+**two** (``\\p{N}{1,2}``, and ``\\s*[\\r\\n]`` for newlines); llama.cpp implements no pattern
+like it. Such tokenizers still load and work (the pattern is saved with the tokenizer), but
+cannot be exported to GGUF. ``--pattern gpt4-2digit`` still trains one.
 """
 
 from __future__ import annotations
@@ -43,18 +48,28 @@ from fornalha.tokenizer.chat import (
 )
 from fornalha.tokenizer.reference import bpe_merge
 
-#: GPT-4 split pattern, with digit runs of at most two (see the module docstring).
-SPLIT_PATTERN = (
+#: GPT-4's cl100k pattern as Llama 3 writes it: llama.cpp's "llama-bpe" pre-tokenizer (the default).
+LLAMA3_SPLIT_PATTERN = (
+    r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*"""
+    r"""|\s*[\r\n]+|\s+(?!\S)|\s+"""
+)
+SPLIT_PATTERN = LLAMA3_SPLIT_PATTERN
+#: nanochat's variant (digit runs of at most two), the default of tokenizers trained before; no GGUF export.
+GPT4_2DIGIT_SPLIT_PATTERN = (
     r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,2}| ?[^\s\p{L}\p{N}]++[\r\n]*"""
     r"""|\s*[\r\n]|\s+(?!\S)|\s+"""
 )
-#: The original GPT-4 (cl100k_base) pattern (`fornalha tokenizer train --pattern gpt4`).
+#: The same with three digits; trained by older `--pattern gpt4` (no GGUF export: one newline per chunk).
 GPT4_SPLIT_PATTERN = (
     r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*"""
     r"""|\s*[\r\n]|\s+(?!\S)|\s+"""
 )
-#: Named patterns for the CLI's ``--pattern``.
-PATTERNS = {"gpt4-2digit": SPLIT_PATTERN, "gpt4": GPT4_SPLIT_PATTERN}
+#: Named patterns for the CLI's ``--pattern`` ("gpt4" is cl100k itself, i.e. llama3).
+PATTERNS = {
+    "llama3": LLAMA3_SPLIT_PATTERN,
+    "gpt4": LLAMA3_SPLIT_PATTERN,
+    "gpt4-2digit": GPT4_2DIGIT_SPLIT_PATTERN,
+}
 N_SPECIAL = len(SPECIAL_TOKENS)
 MIN_VOCAB_SIZE = N_SPECIAL + 256
 
@@ -227,7 +242,8 @@ class BPETokenizer:
         except (OSError, ValueError, KeyError) as exc:
             raise FornalhaError(f"cannot read BPE tokenizer in {directory}: {exc}") from exc
         ranks = {_from_hf_string(tok): i for tok, i in vocab.items() if tok not in SPECIAL_IDS}
-        return cls(ranks, meta.get("pattern", SPLIT_PATTERN))
+        # a tokenizer saved without its pattern predates the Llama-3 default: it used nanochat's
+        return cls(ranks, meta.get("pattern", GPT4_2DIGIT_SPLIT_PATTERN))
 
     def __repr__(self) -> str:
         return f"BPETokenizer(vocab_size={self.vocab_size})"
