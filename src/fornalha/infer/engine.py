@@ -333,6 +333,27 @@ class Engine:
             raise KeyError(f"request {request_id} is not finished (or was already collected)")
         return seq.completion()
 
+    def discard(self, request_id: int) -> None:
+        """Forget a finished (or aborted) request's result without building it (a server that
+        streamed the events already has everything)."""
+        self._finished.pop(request_id, None)
+
+    @torch.inference_mode()
+    def embed(self, prompts: Sequence[Sequence[int]]) -> list[list[float]]:
+        """One vector per token-id list: the final hidden states (after the last norm), averaged
+        over the positions. Runs the plain model, outside the KV cache and the running batch."""
+        m = self.model
+        out = []
+        for ids in prompts:
+            idx = torch.tensor([list(ids)], dtype=torch.long, device=self.device)
+            T = idx.size(1)
+            x = m.wte(idx)
+            cos, sin = m.rope_cos[:T], m.rope_sin[:T]
+            for block in m.blocks:
+                x, _ = block(x, cos, sin, None, None, False)
+            out.append(m.norm_f(x)[0].float().mean(0).tolist())
+        return out
+
     # ---- one scheduler step -------------------------------------------------------------------
     @torch.inference_mode()
     def step(self) -> list[Event]:
