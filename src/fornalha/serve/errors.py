@@ -56,7 +56,8 @@ def error_response(exc: APIError) -> JSONResponse:
 def _describe(err: dict[str, Any]) -> tuple[str, str | None, str]:
     """One pydantic error as (message, param, code)."""
     loc = [str(p) for p in err.get("loc", ()) if p != "body"]
-    param = ".".join(loc) or None
+    param = loc[0] if loc else None  # the top-level parameter; the message names the exact place
+    where = ".".join(loc)
     kind = err.get("type", "")
     if kind == "extra_forbidden":
         return f"unsupported parameter: {param!r} (fornalha does not implement it)", param, "unsupported_parameter"
@@ -64,7 +65,7 @@ def _describe(err: dict[str, Any]) -> tuple[str, str | None, str]:
         return f"the body is not valid JSON: {err.get('msg', '')}", None, "invalid_json"
     if kind == "missing":
         return f"missing required parameter: {param!r}", param, "missing_parameter"
-    return f"invalid value for {param!r}: {err.get('msg', kind)}", param, "invalid_value"
+    return f"invalid value for {where!r}: {err.get('msg', kind)}", param, "invalid_value"
 
 
 def install_error_handlers(app: FastAPI) -> None:
