@@ -25,7 +25,6 @@ import asyncio
 import json
 import os
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -243,7 +242,9 @@ def main() -> None:
             result["llamacpp_c1_tok_s"] = theirs[1]["tok_s"] if 1 in theirs else None
             result["llamacpp_c16_tok_s"] = theirs[16]["tok_s"] if 16 in theirs else None
             if result["llamacpp_c16_tok_s"] and result["fornalha_c16_tok_s"]:
-                result["fornalha_over_llamacpp_c16"] = result["fornalha_c16_tok_s"] / result["llamacpp_c16_tok_s"]
+                result["fornalha_over_llamacpp_c16"] = (
+                    result["fornalha_c16_tok_s"] / result["llamacpp_c16_tok_s"]
+                )
         except Exception as exc:
             result["llamacpp_reason"] = f"llama-server did not run: {exc}"
         finally:

@@ -28,4 +28,6 @@ def server(run_dir):
 def client(server):
     import openai
 
-    return openai.OpenAI(base_url=server.url + "/v1", api_key=KEY, _strict_response_validation=True, max_retries=0)
+    return openai.OpenAI(
+        base_url=server.url + "/v1", api_key=KEY, _strict_response_validation=True, max_retries=0
+    )

@@ -47,10 +47,18 @@ class Server:
     def __init__(self, run: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 60) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        full_env = {**os.environ, "FORNALHA_API_KEYS": KEY, "OMP_NUM_THREADS": "1", "FORNALHA_NO_KERNELS": "1", **(env or {})}
+        full_env = {
+            **os.environ,
+            "FORNALHA_API_KEYS": KEY,
+            "OMP_NUM_THREADS": "1",
+            "FORNALHA_NO_KERNELS": "1",
+            **(env or {}),
+        }
         cmd = [sys.executable, "-m", "fornalha.cli", "serve", "--run", str(run), "--port", str(self.port),
                "--model-name", "tiny", "--device", "cpu", *args]  # fmt: skip
-        self.proc = subprocess.Popen(cmd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            cmd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

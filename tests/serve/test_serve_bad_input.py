@@ -25,7 +25,7 @@ def post(server, path, content: bytes, headers=None):
         (b'{"model": "tiny", "prompt": "a", "logit_bias": {"1": 5}}', "logit_bias"),
         (b'{"model": "tiny", "prompt": "a", "stop": ["a", "b", "c", "d", "e"]}', "stop"),
         (b'{"model": "tiny", "prompt": []}', "prompt"),
-        (b'[1, 2]', None),
+        (b"[1, 2]", None),
     ],
 )
 def test_completions_400(server, body, param):
@@ -41,7 +41,9 @@ def test_chat_400s(server):
     r = post(server, "/v1/chat/completions", b'{"model": "tiny", "messages": [{"role": "user", "content": "a"}],'
              b' "tools": []}')  # fmt: skip
     assert r.status_code == 400 and "tools" in r.json()["error"]["message"]
-    r = post(server, "/v1/chat/completions", b'{"model": "tiny", "messages": [{"role": "robot", "content": "a"}]}')
+    r = post(
+        server, "/v1/chat/completions", b'{"model": "tiny", "messages": [{"role": "robot", "content": "a"}]}'
+    )
     assert r.status_code == 400
     r = post(server, "/v1/chat/completions", b'{"model": "tiny", "messages": [{"role": "user", "content": "'
              + b"a" * 400 + b'"}]}')  # fmt: skip
@@ -51,7 +53,9 @@ def test_chat_400s(server):
 def test_oversized_body_and_auth(server):
     r = post(server, "/v1/completions", b'{"model": "tiny", "prompt": "' + b"a" * (2 << 20) + b'"}')
     assert r.status_code == 400 and r.json()["error"]["code"] == "body_too_large"
-    r = post(server, "/v1/completions", b'{"model": "tiny", "prompt": "a"}', {"Content-Type": "application/json"})
+    r = post(
+        server, "/v1/completions", b'{"model": "tiny", "prompt": "a"}', {"Content-Type": "application/json"}
+    )
     assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
     assert httpx.get(server.url + "/v1/nothing-here", headers=H).status_code == 404
 
@@ -74,7 +78,7 @@ def test_schemathesis_no_5xx(server):
                 case.body["max_tokens"] = 2
             resp = case.call(timeout=30)
             if resp.status_code >= 500:
-                failures.append((path, case.body, resp.status_code, resp.text[:200]))
+                failures.append((path, case.body, resp.status_code, resp.text[:200]))  # noqa: B023 (called at once)
 
         run()
     assert not failures, failures

@@ -81,7 +81,9 @@ def test_rate_limit_queue_full_and_sigterm_drain(run_dir):
 
         def stream() -> None:
             body = {**BODY, "max_tokens": 80, "temperature": 0}
-            with httpx.stream("POST", srv.url + "/v1/chat/completions", json=body, headers=H, timeout=60) as r:
+            with httpx.stream(
+                "POST", srv.url + "/v1/chat/completions", json=body, headers=H, timeout=60
+            ) as r:
                 for line in r.iter_lines():
                     if line.startswith("data: "):
                         got.append(line)

@@ -23,7 +23,9 @@ def test_completion_greedy_exact_usage(client, run_dir):
     r = client.completions.create(model="tiny", prompt="the quick", max_tokens=12, temperature=0)
     assert r.id.startswith("cmpl-")
     model, tok, _ = load_run(run_dir)
-    want = Engine(model, tok, max_batch_size=1).generate(["the quick"], SamplingParams(max_new_tokens=12, temperature=0))
+    want = Engine(model, tok, max_batch_size=1).generate(
+        ["the quick"], SamplingParams(max_new_tokens=12, temperature=0)
+    )
     c = want[0].completions[0]
     assert r.choices[0].text == c.text
     assert r.choices[0].finish_reason == c.finish_reason
@@ -61,7 +63,9 @@ def test_chat_and_stream_agree(client):
 
 
 def test_n_and_seed_reproducible(client):
-    kw = dict(model="tiny", messages=[{"role": "user", "content": "abc"}], max_tokens=10, temperature=1.0, n=3)
+    kw = dict(
+        model="tiny", messages=[{"role": "user", "content": "abc"}], max_tokens=10, temperature=1.0, n=3
+    )
     a = client.chat.completions.create(seed=7, **kw)
     b = client.chat.completions.create(seed=7, **kw)
     assert [c.index for c in a.choices] == [0, 1, 2]

@@ -26,12 +26,16 @@ def serve_command(
     host: Annotated[str, _opt("--host", "FORNALHA_HOST", "Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, _opt("--port", "FORNALHA_PORT", "TCP port.")] = 8000,
     model_name: Annotated[
-        str | None, _opt("--model-name", "FORNALHA_MODEL_NAME", "Name clients use (default: the run folder's name).")
+        str | None,
+        _opt("--model-name", "FORNALHA_MODEL_NAME", "Name clients use (default: the run folder's name)."),
     ] = None,
     api_keys_file: Annotated[
         Path | None,
-        _opt("--api-keys-file", "FORNALHA_API_KEYS_FILE",
-             "File with one accepted API key per line (else env FORNALHA_API_KEYS, comma-separated; none: open)."),
+        _opt(
+            "--api-keys-file",
+            "FORNALHA_API_KEYS_FILE",
+            "File with one accepted API key per line (else env FORNALHA_API_KEYS, comma-separated; none: open).",
+        ),
     ] = None,  # fmt: skip
     max_batch: Annotated[int, _opt("--max-batch", "FORNALHA_MAX_BATCH", "Sequences decoded together.")] = 16,
     max_queue: Annotated[
@@ -39,7 +43,8 @@ def serve_command(
     ] = 64,
     device: Annotated[str, _opt("--device", "FORNALHA_DEVICE", "auto, cpu, cuda or mps.")] = "auto",
     rate_limit: Annotated[
-        float | None, _opt("--rate-limit", "FORNALHA_RATE_LIMIT", "Requests per second per key (default: none).")
+        float | None,
+        _opt("--rate-limit", "FORNALHA_RATE_LIMIT", "Requests per second per key (default: none)."),
     ] = None,
     rate_burst: Annotated[
         int | None, _opt("--rate-burst", "FORNALHA_RATE_BURST", "Bucket size of the rate limit.")
@@ -48,10 +53,12 @@ def serve_command(
         float, _opt("--request-timeout", "FORNALHA_REQUEST_TIMEOUT", "Seconds a request may take.")
     ] = 600.0,
     drain_timeout: Annotated[
-        float, _opt("--drain-timeout", "FORNALHA_DRAIN_TIMEOUT", "Seconds in-flight requests get at shutdown.")
+        float,
+        _opt("--drain-timeout", "FORNALHA_DRAIN_TIMEOUT", "Seconds in-flight requests get at shutdown."),
     ] = 30.0,
     db: Annotated[
-        str | None, _opt("--db", "FORNALHA_DB", "Store completions in this SQLAlchemy URL (needs fornalha.serve.store).")
+        str | None,
+        _opt("--db", "FORNALHA_DB", "Store completions in this SQLAlchemy URL (needs fornalha.serve.store)."),
     ] = None,
     no_log_prompts: Annotated[
         bool, _opt("--no-log-prompts", "FORNALHA_NO_LOG_PROMPTS", "Store only metadata, not texts.")
@@ -74,7 +81,9 @@ def serve_command(
         try:
             from fornalha.serve.store import Store  # type: ignore[import-not-found]
         except ImportError as exc:
-            raise FornalhaError(f"--db needs fornalha.serve.store, which is not available here ({exc})") from None
+            raise FornalhaError(
+                f"--db needs fornalha.serve.store, which is not available here ({exc})"
+            ) from None
         store = Store(db, log_prompts=not no_log_prompts)
     engine, tokenizer = _load_engine(run, "best", device, "auto", max_batch)
     name = model_name or run.resolve().name

@@ -239,7 +239,10 @@ class Decoder:
             keys = kc[slot : slot + 1, :, :end].to(q.dtype)
             values = vc[slot : slot + 1, :, :end].to(q.dtype)
             if Hkv != H:
-                keys, values = keys.repeat_interleave(H // Hkv, dim=1), values.repeat_interleave(H // Hkv, dim=1)
+                keys, values = (
+                    keys.repeat_interleave(H // Hkv, dim=1),
+                    values.repeat_interleave(H // Hkv, dim=1),
+                )
             y = F.scaled_dot_product_attention(q, keys, values, attn_mask=visible)
             x = x + o_proj(y.transpose(1, 2).reshape(1, T, H * D))
             x = x + mlp(mlp_norm(x))

@@ -116,9 +116,14 @@ def create_app(
     """
     metrics = Metrics()
 
+    hits = {"seen": 0}
+
     def on_step(eng: Engine) -> None:
         metrics.queue_depth.set(eng.num_waiting)
         metrics.running.set(eng.num_running)
+        if eng.prefix_hit_tokens > hits["seen"]:
+            metrics.prefix_hit_tokens.inc(eng.prefix_hit_tokens - hits["seen"])
+            hits["seen"] = eng.prefix_hit_tokens
 
     runner = AsyncEngine(engine, max_queue=max_queue, request_timeout=request_timeout, on_step=on_step)
     keys = KeyChecker(api_keys or [])
@@ -181,9 +186,13 @@ def create_app(
                            code="context_length_exceeded")  # fmt: skip
         bad = [i for i in ids if not 0 <= i < engine.config.vocab_size]
         if bad:
-            raise APIError(400, f"token id {bad[0]} is outside the vocabulary", param=param, code="invalid_value")
+            raise APIError(
+                400, f"token id {bad[0]} is outside the vocabulary", param=param, code="invalid_value"
+            )
 
-    def sampling(req: _Sampling, max_tokens: int | None, prompt_len: int, logprobs: int | None) -> SamplingParams:
+    def sampling(
+        req: _Sampling, max_tokens: int | None, prompt_len: int, logprobs: int | None
+    ) -> SamplingParams:
         room = ctx - prompt_len
         if max_tokens is None:
             max_tokens = room
@@ -212,7 +221,9 @@ def create_app(
         try:
             runner.reserve(n)
         except QueueFull as exc:
-            raise APIError(429, f"{exc}; retry shortly", code="queue_full", headers={"Retry-After": "1"}) from None
+            raise APIError(
+                429, f"{exc}; retry shortly", code="queue_full", headers={"Retry-After": "1"}
+            ) from None
 
     async def merged(jobs: list[tuple[list[int], SamplingParams]]) -> AsyncIterator[tuple[int, Event]]:
         """Events of several sequences (the n choices, the prompts) as (choice index, event)."""
@@ -314,7 +325,11 @@ def create_app(
 
         def usage() -> dict[str, int]:
             done = sum(c.tokens for c in choices)
-            return {"prompt_tokens": prompt_tokens, "completion_tokens": done, "total_tokens": prompt_tokens + done}
+            return {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": done,
+                "total_tokens": prompt_tokens + done,
+            }
 
         if not stream:
             try:
@@ -373,7 +388,9 @@ def create_app(
         check_context(ids, "messages")
         top = req.top_logprobs if req.logprobs else None
         if req.top_logprobs is not None and not req.logprobs:
-            raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs", code="invalid_value")
+            raise APIError(
+                400, "top_logprobs needs logprobs: true", param="top_logprobs", code="invalid_value"
+            )
         params = sampling(req, req.max_completion_tokens or req.max_tokens, len(ids),
                           (top or 0) if req.logprobs else None)  # fmt: skip
         rid, now = _now_id("chatcmpl"), int(time.time())
@@ -398,7 +415,13 @@ def create_app(
                 lp = {"content": [chat_logprob(e) for e in c.logprobs]} if req.logprobs else None
                 out.append({"index": i, "message": {"role": "assistant", "content": "".join(c.text)},
                             "logprobs": lp, "finish_reason": c.finish_reason})  # fmt: skip
-            return {"id": rid, "object": "chat.completion", "created": now, "model": model_name, "choices": out}
+            return {
+                "id": rid,
+                "object": "chat.completion",
+                "created": now,
+                "model": model_name,
+                "choices": out,
+            }
 
         include = bool(req.stream_options and req.stream_options.include_usage)
         return await run("chat.completions", rid, req, jobs, len(ids), chunk, firsts, final,
@@ -423,7 +446,9 @@ def create_app(
         jobs = []
         for ids in id_lists:
             params = sampling(req, req.max_tokens, len(ids), req.logprobs)
-            jobs += [(ids, params.with_(seed=None if req.seed is None else req.seed + j)) for j in range(req.n)]
+            jobs += [
+                (ids, params.with_(seed=None if req.seed is None else req.seed + j)) for j in range(req.n)
+            ]
         rid, now = _now_id("cmpl"), int(time.time())
         base = {"id": rid, "object": "text_completion", "created": now, "model": model_name}
 
@@ -478,11 +503,18 @@ def create_app(
         data = []
         for i, vec in enumerate(vectors):
             arr = np.asarray(vec, dtype=np.float32)
-            emb: Any = base64.b64encode(arr.tobytes()).decode() if req.encoding_format == "base64" else arr.tolist()
+            emb: Any = (
+                base64.b64encode(arr.tobytes()).decode() if req.encoding_format == "base64" else arr.tolist()
+            )
             data.append({"object": "embedding", "index": i, "embedding": emb})
         n = sum(len(ids) for ids in id_lists)
         metrics.prompt_tokens.inc(n)
-        return {"object": "list", "data": data, "model": model_name, "usage": {"prompt_tokens": n, "total_tokens": n}}
+        return {
+            "object": "list",
+            "data": data,
+            "model": model_name,
+            "usage": {"prompt_tokens": n, "total_tokens": n},
+        }
 
     app.include_router(v1)
 

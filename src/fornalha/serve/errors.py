@@ -44,7 +44,9 @@ class APIError(Exception):
         self.headers = headers or {}
 
 
-def error_body(status: int, message: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
+def error_body(
+    status: int, message: str, param: str | None = None, code: str | None = None
+) -> dict[str, Any]:
     return {"error": {"message": message, "type": _TYPES.get(status, "invalid_request_error"), "param": param,
                       "code": code}}  # fmt: skip
 
@@ -60,7 +62,11 @@ def _describe(err: dict[str, Any]) -> tuple[str, str | None, str]:
     where = ".".join(loc)
     kind = err.get("type", "")
     if kind == "extra_forbidden":
-        return f"unsupported parameter: {param!r} (fornalha does not implement it)", param, "unsupported_parameter"
+        return (
+            f"unsupported parameter: {param!r} (fornalha does not implement it)",
+            param,
+            "unsupported_parameter",
+        )
     if kind in ("json_invalid", "json_type"):
         return f"the body is not valid JSON: {err.get('msg', '')}", None, "invalid_json"
     if kind == "missing":
