@@ -216,6 +216,48 @@ class Decoder:
         last = x[torch.arange(N, device=dev), torch.as_tensor(lengths, device=dev) - 1]  # [N, C]
         return softcap(self.prefill_head(self.norm_f(last)), self.config.logit_softcap).float()
 
+    def prefill_from(self, ids: list[int], slot: int, start: int) -> torch.Tensor:
+        """The rest of one prompt into a cache row that already holds the keys/values of its
+        first `start` tokens (a cached prefix): ids go to positions start..start+len-1 and attend
+        to the cached prefix and, causally, to each other. Returns the last token's logits,
+        [1, vocab] float32. This is what makes prefix caching pay: only the new tokens are computed.
+        """
+        T, end = len(ids), start + len(ids)
+        H, Hkv, D = self.H, self.Hkv, self.D
+        m = self.model
+        dev = self.cache.k.device
+        tokens = torch.tensor([ids], dtype=torch.long, device=dev)
+        cos, sin = self.cos_table[start:end][:, None], self.sin_table[start:end][:, None]  # [T, 1, D]
+        # query i (at position start+i) sees keys 0..start+i
+        visible = self.positions[:end][None, :] <= (start + torch.arange(T, device=dev))[:, None]  # [T, end]
+        x = m.wte(tokens)  # [1, T, C]
+        for layer, (attn_norm, qkv, o_proj, mlp_norm, mlp) in enumerate(self.prefill_layers):
+            a = m.blocks[layer].attn
+            h = qkv(attn_norm(x)).view(1, T, H + 2 * Hkv, D)
+            q, k, v = h[:, :, :H], h[:, :, H : H + Hkv], h[:, :, H + Hkv :]
+            if a.q_norm is not None:
+                q, k = a.q_norm(q), a.k_norm(k)
+            q, k = rotate(q, cos, sin), rotate(k, cos, sin)
+            q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [1, heads, T, D]
+            kc, vc = self.cache.k[layer], self.cache.v[layer]
+            kc[slot, :, start:end] = k[0]
+            vc[slot, :, start:end] = v[0]
+            keys = kc[slot : slot + 1, :, :end].to(q.dtype)
+            values = vc[slot : slot + 1, :, :end].to(q.dtype)
+            if Hkv != H:
+                keys, values = (
+                    keys.repeat_interleave(H // Hkv, dim=1),
+                    values.repeat_interleave(H // Hkv, dim=1),
+                )
+            y = F.scaled_dot_product_attention(q, keys, values, attn_mask=visible)
+            x = x + o_proj(y.transpose(1, 2).reshape(1, T, H * D))
+            x = x + mlp(mlp_norm(x))
+        logits = self.prefill_head(self.norm_f(x[:, -1]))
+        cap = self.config.logit_softcap
+        if cap is not None:
+            logits = cap * torch.tanh(logits / cap)
+        return logits.float()
+
     def __call__(
         self, tokens: torch.Tensor, pos: torch.Tensor, n_rows: int, kv_len: int, same_pos: int | None = None
     ) -> torch.Tensor:

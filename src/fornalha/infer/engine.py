@@ -31,6 +31,14 @@ Why a cache at all: without one, producing token t means recomputing all t previ
 stored keys and values of the others. `use_cache=False` keeps that naive loop as the baseline
 the benchmark measures against.
 
+Prefix caching: a slot's cache keeps the keys/values of every token it has seen, and they stay
+valid after its sequence finishes (until the slot is reused or idles inside a running batch).
+When a request is admitted, the engine looks for the slot — running or free — whose tokens share
+the longest prefix with the new prompt (a shared system prompt, the history of a conversation):
+that many positions are copied (or, when that slot is free, simply kept) and only the rest of the
+prompt is computed (`Decoder.prefill_from`). The first token then comes sooner; the outputs are
+the same, because keys/values of a position depend only on the tokens up to it.
+
 Slots are taken lowest-first, and the decode step runs over rows 0..(highest busy slot), so the
 batch shrinks when sequences finish. Free rows inside that range cost a little compute but never
 touch a live sequence: their position stays at 0 and nothing reads what they write.
@@ -139,6 +147,12 @@ class _Sequence:
     finish_reason: str | None = None
     created: float = field(default_factory=time.perf_counter)
     first_token_at: float | None = None
+    sampled: list[int] = field(default_factory=list)  # every sampled token, stop token included
+    cached_prefix: int = 0  # prompt tokens whose keys/values came from the prefix cache
+
+    def cached_tokens(self, pos: int) -> list[int]:
+        """The tokens whose keys/values this sequence's slot holds (the first `pos`)."""
+        return (self.prompt_ids + self.sampled)[:pos]
 
     def completion(self) -> Completion:
         return Completion(self.stream.text, list(self.out_ids), self.finish_reason or "length", self.logprobs)
@@ -164,6 +178,8 @@ class Engine:
         use). "auto" (default): "fp16" for a float32 model on a CPU where the kernel builds, else
         None. Like fp16 weights it moves logits by ~1e-4, so greedy outputs match float32 up to
         near-ties.
+    prefix_caching: reuse the cached keys/values of a shared prompt prefix (see the module
+        docstring) when it is at least `prefix_min_tokens` long.
 
     >>> engine = Engine(model, tokenizer, max_batch_size=8)               # doctest: +SKIP
     >>> engine.generate(["Once upon a time"], SamplingParams(temperature=0))[0].text  # doctest: +SKIP
@@ -181,6 +197,8 @@ class Engine:
         use_cache: bool = True,
         decode_weights: str | None = "auto",
         kv_cache: str | None = "auto",
+        prefix_caching: bool = True,
+        prefix_min_tokens: int = 4,
     ) -> None:
         if max_batch_size < 1:
             raise ConfigError(f"max_batch_size must be >= 1, got {max_batch_size}")
@@ -243,6 +261,10 @@ class Engine:
             )
             if i is not None
         )
+        self.prefix_caching = prefix_caching and use_cache and not compile
+        self.prefix_min_tokens = max(1, prefix_min_tokens)
+        self._held: list[list[int]] = [[] for _ in range(max_batch_size)]  # tokens a free slot holds
+        self.prefix_hit_tokens = 0  # prompt tokens not recomputed thanks to the prefix cache
         self._bytes_cache: dict[int, bytes] = {}
         self._special_ids = frozenset(getattr(tokenizer, "special_ids", {}).values())
 
@@ -333,6 +355,27 @@ class Engine:
             raise KeyError(f"request {request_id} is not finished (or was already collected)")
         return seq.completion()
 
+    def discard(self, request_id: int) -> None:
+        """Forget a finished (or aborted) request's result without building it (a server that
+        streamed the events already has everything)."""
+        self._finished.pop(request_id, None)
+
+    @torch.inference_mode()
+    def embed(self, prompts: Sequence[Sequence[int]]) -> list[list[float]]:
+        """One vector per token-id list: the final hidden states (after the last norm), averaged
+        over the positions. Runs the plain model, outside the KV cache and the running batch."""
+        m = self.model
+        out = []
+        for ids in prompts:
+            idx = torch.tensor([list(ids)], dtype=torch.long, device=self.device)
+            T = idx.size(1)
+            x = m.wte(idx)
+            cos, sin = m.rope_cos[:T], m.rope_sin[:T]
+            for block in m.blocks:
+                x, _ = block(x, cos, sin, None, None, False)
+            out.append(m.norm_f(x)[0].float().mean(0).tolist())
+        return out
+
     # ---- one scheduler step -------------------------------------------------------------------
     @torch.inference_mode()
     def step(self) -> list[Event]:
@@ -343,32 +386,66 @@ class Engine:
         if running:
             self._decode(running, events)
         admitted: list[_Sequence] = []  # after the decode, so slots freed by it are reused at once
-        for slot in range(self.max_batch_size):
-            if not self._waiting:
-                break
-            if self._slots[slot] is None:
-                seq = self._waiting.popleft()
-                seq.slot = slot
-                self._slots[slot] = seq
-                self.sampler.assign(slot, seq.params, seq.prompt_ids, seq.generator)
-                admitted.append(seq)
+        while self._waiting and None in self._slots:
+            seq = self._waiting.popleft()
+            slot = self._place(seq)
+            seq.slot = slot
+            self._slots[slot] = seq
+            self._held[slot] = []
+            self.sampler.assign(slot, seq.params, seq.prompt_ids, seq.generator)
+            admitted.append(seq)
         if admitted:
             self._prefill(admitted, events)
         return events
 
+    def _slot_tokens(self, slot: int) -> list[int]:
+        seq = self._slots[slot]
+        return self._held[slot] if seq is None else seq.cached_tokens(self._pos[slot])
+
+    def _place(self, seq: _Sequence) -> int:
+        """Pick a free slot for `seq`; with prefix caching, set up the longest cached prefix in it.
+
+        The best source is any slot whose cached tokens start like the prompt (at most all but its
+        last token: the last one must run through the model to give the first logits). A free
+        source slot is used as it is; a running one has its prefix positions copied (they never
+        change while it runs: it only writes further on)."""
+        free = [i for i, s in enumerate(self._slots) if s is None]
+        if not self.prefix_caching:
+            return free[0]
+        want = seq.prompt_ids[:-1]
+        best, best_len = -1, 0
+        for slot in range(self.max_batch_size):
+            have = self._slot_tokens(slot)
+            n, limit = 0, min(len(have), len(want))
+            while n < limit and have[n] == want[n]:
+                n += 1
+            if n > best_len or (n == best_len and n > 0 and slot in free and best not in free):
+                best, best_len = slot, n
+        if best_len < self.prefix_min_tokens:
+            return free[0]
+        seq.cached_prefix = best_len
+        self.prefix_hit_tokens += best_len
+        if best in free:
+            return best
+        dst = free[0]
+        self.cache.k[:, dst, :, :best_len] = self.cache.k[:, best, :, :best_len]
+        self.cache.v[:, dst, :, :best_len] = self.cache.v[:, best, :, :best_len]
+        return dst
+
     def _prefill(self, seqs: list[_Sequence], events: list[Event]) -> None:
-        """Run the prompts through the model together (right-padded) and sample their first tokens."""
+        """Run the prompts through the model and sample their first tokens: those without a cached
+        prefix together (right-padded), those with one each from where its prefix ends."""
+        plain = [s for s in seqs if s.cached_prefix == 0]
+        rows = {s.id: i for i, s in enumerate(seqs)}
+        logits = torch.empty(len(seqs), self.config.vocab_size, device=self.device)
+        if plain:
+            logits[[rows[s.id] for s in plain]] = self._prefill_plain(plain)
+        for s in seqs:
+            if s.cached_prefix:
+                logits[rows[s.id]] = self.decoder.prefill_from(s.prompt_ids[s.cached_prefix :], s.slot,
+                                                               s.cached_prefix)[0]  # fmt: skip
         lengths = [len(s.prompt_ids) for s in seqs]
         slots = [s.slot for s in seqs]
-        idx = torch.zeros(len(seqs), max(lengths), dtype=torch.long)
-        for i, s in enumerate(seqs):
-            idx[i, : lengths[i]] = torch.tensor(s.prompt_ids)
-        idx = idx.to(self.device)
-        if self.use_cache:  # causal attention over the prompts, keys/values straight into their slots
-            logits = self.decoder.prefill(idx, lengths, slots)
-        else:
-            logits, _ = self.model(idx)
-            logits = logits[torch.arange(len(seqs)), torch.tensor(lengths) - 1]
         slot_idx = torch.tensor(slots, device=self.device)
         for slot, n in zip(slots, lengths, strict=True):
             self._pos[slot] = n
@@ -381,9 +458,27 @@ class Engine:
             s.first_token_at = now
         self._emit(seqs, list(range(len(seqs))), out, events)
 
+    def _prefill_plain(self, seqs: list[_Sequence]) -> torch.Tensor:
+        """Whole prompts, right-padded into one batch: the logits of each one's last token."""
+        lengths = [len(s.prompt_ids) for s in seqs]
+        slots = [s.slot for s in seqs]
+        idx = torch.zeros(len(seqs), max(lengths), dtype=torch.long)
+        for i, s in enumerate(seqs):
+            idx[i, : lengths[i]] = torch.tensor(s.prompt_ids)
+        idx = idx.to(self.device)
+        if self.use_cache:  # causal attention over the prompts, keys/values straight into their slots
+            logits = self.decoder.prefill(idx, lengths, slots)
+        else:
+            logits, _ = self.model(idx)
+            logits = logits[torch.arange(len(seqs)), torch.tensor(lengths) - 1]
+        return logits.float()
+
     def _decode(self, seqs: list[_Sequence], events: list[Event]) -> None:
         """Feed every running sequence's last token at its position; sample the next ones."""
         B = max(s.slot for s in seqs) + 1  # rows 0..B-1 run (free ones in between idle along)
+        for slot in range(B):  # an idle row gets a write at position 0: its cached prefix is gone
+            if self._slots[slot] is None:
+                self._held[slot] = []
         if not self.use_cache:
             logits = self._forward_without_cache(seqs, B)
         else:
@@ -432,6 +527,7 @@ class Engine:
                 top_ids = [out.top_ids[r].tolist() for r in rows]
                 top_lp = [out.top_logprobs[r].tolist() for r in rows]
         for i, (s, tok) in enumerate(zip(seqs, tokens, strict=True)):
+            s.sampled.append(tok)
             logprob = None
             if s.logprobs is not None and lp is not None:
                 k = s.params.logprobs or 0
@@ -456,6 +552,7 @@ class Engine:
 
     def _release(self, seq: _Sequence) -> None:
         slot = seq.slot
+        self._held[slot] = seq.cached_tokens(self._pos[slot]) if self.prefix_caching else []
         self._slots[slot] = None
         self._pos[slot] = 0
         self.cache.pos[slot] = 0

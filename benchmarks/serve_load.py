@@ -1,0 +1,262 @@
+"""Serving under load: streamed chat completions from 1, 4, 16 and 64 concurrent clients against
+`fornalha serve`, and the same load against llama.cpp's `llama-server` on the same model.
+
+    .venv/bin/python benchmarks/serve_load.py                 # full: 1/4/16/64 clients
+    .venv/bin/python benchmarks/serve_load.py --quick         # seconds: tiny model, 1/4 clients
+    .venv/bin/python benchmarks/serve_load.py --run runs/demo # a trained run instead of random weights
+
+Every client loops: one streamed chat completion (``stream_options.include_usage``, so the token
+count is the server's exact ``usage.completion_tokens``), then the next, for `--requests` rounds.
+Per level: aggregate output tokens/s (all completion tokens / wall time), p50/p99 time to first
+token, p50/p99 inter-token latency (gaps between content chunks), errors (non-200, broken
+streams) and the server's peak RSS. llama.cpp: `bash benchmarks/llamacpp_server.sh RUN PORT NP`
+must start `llama-server` on 127.0.0.1:PORT; if the script is missing or fails, its figures are
+null and the reason is in the JSON. The last stdout line is JSON.
+
+Without --run the model is the random-init 10M shape of `benchmarks/inference.py` (throughput does
+not depend on what the weights say; `--max-tokens` keeps every request the same length unless the
+model emits its end token).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_run(tmp: Path, quick: bool) -> Path:
+    """A random-init run: the 10M shape of benchmarks/inference.py (quick: a 2-layer toy)."""
+    import torch
+
+    from fornalha.checkpoint import model_state_for_saving, save_checkpoint
+    from fornalha.model import GPT, ModelConfig
+    from fornalha.tokenizer.char import CharTokenizer
+
+    chars = "\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+    run = tmp / "run"
+    tok = CharTokenizer(sorted(set(chars)))
+    tok.save(run / "tokenizer")
+    torch.manual_seed(0)
+    shape = dict(n_layer=2, n_head=4, n_embd=64, block_size=256) if quick else \
+        dict(n_layer=6, n_head=6, n_embd=384, block_size=256)  # fmt: skip
+    model = GPT(ModelConfig(vocab_size=tok.vocab_size, **shape))
+    save_checkpoint(run / "checkpoints" / "best", model_state_for_saving(model),
+                    {"model_config": model.config.to_dict(), "step": 0})  # fmt: skip
+    return run
+
+
+def rss_kib(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def wait_ready(url: str, proc: subprocess.Popen, timeout: float) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        for path in ("/ready", "/health"):
+            try:
+                if httpx.get(url + path, timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+        time.sleep(0.3)
+    raise RuntimeError("server not ready in time")
+
+
+async def client_loop(c: httpx.AsyncClient, url: str, model: str, i: int, args, out: dict) -> None:
+    for r in range(args.requests):
+        body = {"model": model, "messages": [{"role": "system", "content": "You are a helpful assistant."},
+                                             {"role": "user", "content": f"Tell me a story number {i}-{r}."}],
+                "max_tokens": args.max_tokens, "temperature": 0.8, "seed": i * 1000 + r, "stream": True,
+                "stream_options": {"include_usage": True}}  # fmt: skip
+        start = time.perf_counter()
+        last = None
+        tokens = 0
+        done = False
+        try:
+            async with c.stream("POST", url + "/v1/chat/completions", json=body) as resp:
+                if resp.status_code != 200:
+                    out["errors"] += 1
+                    continue
+                async for line in resp.aiter_lines():
+                    if not line.startswith("data: "):
+                        continue
+                    data = line[6:]
+                    if data == "[DONE]":
+                        done = True
+                        break
+                    chunk = json.loads(data)
+                    if chunk.get("usage"):
+                        tokens = chunk["usage"]["completion_tokens"]
+                    for ch in chunk.get("choices") or []:
+                        if (ch.get("delta") or {}).get("content"):
+                            now = time.perf_counter()
+                            if last is None:
+                                out["ttft"].append(now - start)
+                            else:
+                                out["itl"].append(now - last)
+                            last = now
+        except httpx.HTTPError:
+            out["errors"] += 1
+            continue
+        if not done:
+            out["errors"] += 1
+        out["tokens"] += tokens
+
+
+def pct(xs: list[float], q: float) -> float | None:
+    if not xs:
+        return None
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))] * 1e3
+
+
+def load_level(url: str, model: str, clients: int, args, pid: int) -> dict:
+    out = {"tokens": 0, "errors": 0, "ttft": [], "itl": []}
+    peak = [rss_kib(pid)]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            peak[0] = max(peak[0], rss_kib(pid))
+            time.sleep(0.05)
+
+    t = threading.Thread(target=sample, daemon=True)
+    t.start()
+
+    async def main() -> float:
+        limits = httpx.Limits(max_connections=clients + 8)
+        async with httpx.AsyncClient(timeout=args.timeout, limits=limits) as c:
+            start = time.perf_counter()
+            await asyncio.gather(*(client_loop(c, url, model, i, args, out) for i in range(clients)))
+            return time.perf_counter() - start
+
+    wall = asyncio.run(main())
+    stop.set()
+    t.join()
+    return {"clients": clients, "tok_s": out["tokens"] / wall, "tokens": out["tokens"], "wall_s": wall,
+            "ttft_p50_ms": pct(out["ttft"], 50), "ttft_p99_ms": pct(out["ttft"], 99),
+            "itl_p50_ms": pct(out["itl"], 50), "itl_p99_ms": pct(out["itl"], 99), "errors": out["errors"],
+            "peak_rss_mb": peak[0] / 1024}  # fmt: skip
+
+
+def run_levels(name: str, url: str, model: str, levels: list[int], args, pid: int) -> dict[int, dict]:
+    res = {}
+    for n in levels:
+        r = load_level(url, model, n, args, pid)
+        res[n] = r
+        print(f"{name:9s} c{n:<3d} {r['tok_s']:8.1f} tok/s  ttft p50 {r['ttft_p50_ms'] or 0:7.1f} ms "
+              f"p99 {r['ttft_p99_ms'] or 0:7.1f} ms  itl p50 {r['itl_p50_ms'] or 0:6.1f} ms  errors {r['errors']}  "
+              f"rss {r['peak_rss_mb']:.0f} MB", flush=True)  # fmt: skip
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", type=Path, help="serve this run folder (default: a random-init 10M model)")
+    ap.add_argument("--quick", action="store_true", help="tiny model, 1 and 4 clients, short answers")
+    ap.add_argument("--clients", type=int, nargs="+", default=None)
+    ap.add_argument("--requests", type=int, default=None, help="requests per client (default 2; quick 1)")
+    ap.add_argument("--max-tokens", type=int, default=None, help="tokens per answer (default 64; quick 8)")
+    ap.add_argument("--max-batch", type=int, default=16)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--timeout", type=float, default=300)
+    ap.add_argument("--no-llamacpp", action="store_true")
+    args = ap.parse_args()
+    levels = args.clients or ([1, 4] if args.quick else [1, 4, 16, 64])
+    args.requests = args.requests or (1 if args.quick else 2)
+    args.max_tokens = args.max_tokens or (8 if args.quick else 64)
+
+    tmp = Path(tempfile.mkdtemp(prefix="serve-load-"))
+    run = args.run or make_run(tmp, args.quick)
+    result: dict = {"levels": levels, "max_tokens": args.max_tokens, "requests_per_client": args.requests,
+                    "model": str(run) if args.run else ("random-init 2-layer toy" if args.quick else
+                                                        "random-init 10M (6x384), not trained"),
+                    "device": args.device, "max_batch": args.max_batch}  # fmt: skip
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env.pop("FORNALHA_API_KEYS", None)
+    cmd = [sys.executable, "-m", "fornalha.cli", "serve", "--run", str(run), "--port", str(port), "--model-name",
+           "bench", "--device", args.device, "--max-batch", str(args.max_batch), "--max-queue", "128"]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    errors = 0
+    try:
+        wait_ready(url, proc, 600)
+        ours = run_levels("fornalha", url, "bench", levels, args, proc.pid)
+    finally:
+        proc.terminate()
+        proc.wait(60)
+    for n, r in ours.items():
+        result[f"fornalha_c{n}"] = r
+        errors += r["errors"]
+    result["fornalha_c1_tok_s"] = ours[levels[0]]["tok_s"] if levels[0] == 1 else None
+    result["fornalha_c16_tok_s"] = ours[16]["tok_s"] if 16 in ours else None
+    result["fornalha_c16_ttft_p99_ms"] = ours[16]["ttft_p99_ms"] if 16 in ours else None
+    if result["fornalha_c1_tok_s"] and result["fornalha_c16_tok_s"]:
+        result["fornalha_c16_over_c1"] = result["fornalha_c16_tok_s"] / result["fornalha_c1_tok_s"]
+
+    result["llamacpp_c1_tok_s"] = result["llamacpp_c16_tok_s"] = None
+    script = ROOT / "benchmarks" / "llamacpp_server.sh"
+    if args.no_llamacpp:
+        result["llamacpp_reason"] = "skipped (--no-llamacpp)"
+    elif not script.exists():
+        result["llamacpp_reason"] = "benchmarks/llamacpp_server.sh is missing (written by the gguf work)"
+    else:
+        lport = free_port()
+        lp = subprocess.Popen(["bash", str(script), str(run), str(lport), str(args.max_batch)], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        try:
+            wait_ready(f"http://127.0.0.1:{lport}", lp, 1800)
+            theirs = run_levels("llama.cpp", f"http://127.0.0.1:{lport}", "bench", levels, args, lp.pid)
+            for n, r in theirs.items():
+                result[f"llamacpp_c{n}"] = r
+                errors += r["errors"]
+            result["llamacpp_c1_tok_s"] = theirs[1]["tok_s"] if 1 in theirs else None
+            result["llamacpp_c16_tok_s"] = theirs[16]["tok_s"] if 16 in theirs else None
+            if result["llamacpp_c16_tok_s"] and result["fornalha_c16_tok_s"]:
+                result["fornalha_over_llamacpp_c16"] = (
+                    result["fornalha_c16_tok_s"] / result["llamacpp_c16_tok_s"]
+                )
+        except Exception as exc:
+            result["llamacpp_reason"] = f"llama-server did not run: {exc}"
+        finally:
+            lp.terminate()
+            try:
+                lp.wait(30)
+            except subprocess.TimeoutExpired:
+                lp.kill()
+    result["errors"] = errors
+    result["baseline"] = "fornalha_c1_tok_s (one client) and llama-server on the same model"
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

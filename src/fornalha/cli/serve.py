@@ -1,0 +1,121 @@
+"""`fornalha serve`: an OpenAI-compatible HTTP server for a run folder (see docs/serve.md).
+
+One process: uvicorn serves the FastAPI app of `fornalha.serve.app`, whose engine thread owns the
+model. Every flag can also come from an environment variable (FORNALHA_PORT, FORNALHA_HOST, …),
+handy in containers. SIGTERM or Ctrl-C stops accepting connections, lets in-flight requests
+finish for at most --drain-timeout seconds, and exits 0.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from fornalha.errors import ConfigError, FornalhaError
+
+
+def _opt(flag: str, env: str, help: str) -> typer.models.OptionInfo:  # noqa: A002
+    return typer.Option(flag, envvar=env, help=help)
+
+
+def serve_command(
+    run: Annotated[Path, _opt("--run", "FORNALHA_RUN", "Run folder to serve (its best checkpoint).")],
+    host: Annotated[str, _opt("--host", "FORNALHA_HOST", "Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, _opt("--port", "FORNALHA_PORT", "TCP port.")] = 8000,
+    model_name: Annotated[
+        str | None,
+        _opt("--model-name", "FORNALHA_MODEL_NAME", "Name clients use (default: the run folder's name)."),
+    ] = None,
+    api_keys_file: Annotated[
+        Path | None,
+        _opt(
+            "--api-keys-file",
+            "FORNALHA_API_KEYS_FILE",
+            "File with one accepted API key per line (else env FORNALHA_API_KEYS, comma-separated; none: open).",
+        ),
+    ] = None,  # fmt: skip
+    max_batch: Annotated[int, _opt("--max-batch", "FORNALHA_MAX_BATCH", "Sequences decoded together.")] = 16,
+    max_queue: Annotated[
+        int, _opt("--max-queue", "FORNALHA_MAX_QUEUE", "Sequences that may wait for a slot; beyond: 429.")
+    ] = 64,
+    device: Annotated[str, _opt("--device", "FORNALHA_DEVICE", "auto, cpu, cuda or mps.")] = "auto",
+    rate_limit: Annotated[
+        float | None,
+        _opt("--rate-limit", "FORNALHA_RATE_LIMIT", "Requests per second per key (default: none)."),
+    ] = None,
+    rate_burst: Annotated[
+        int | None, _opt("--rate-burst", "FORNALHA_RATE_BURST", "Bucket size of the rate limit.")
+    ] = None,
+    request_timeout: Annotated[
+        float, _opt("--request-timeout", "FORNALHA_REQUEST_TIMEOUT", "Seconds a request may take.")
+    ] = 600.0,
+    drain_timeout: Annotated[
+        float,
+        _opt("--drain-timeout", "FORNALHA_DRAIN_TIMEOUT", "Seconds in-flight requests get at shutdown."),
+    ] = 30.0,
+    db: Annotated[
+        str | None,
+        _opt("--db", "FORNALHA_DB", "Store completions in this SQLAlchemy URL (needs fornalha.serve.store)."),
+    ] = None,
+    no_log_prompts: Annotated[
+        bool, _opt("--no-log-prompts", "FORNALHA_NO_LOG_PROMPTS", "Store only metadata, not texts.")
+    ] = False,
+) -> None:
+    """Serve a run over OpenAI's HTTP API (completions, chat, embeddings) with continuous batching."""
+    import uvicorn
+
+    from fornalha.cli.infer import _load_engine
+    from fornalha.serve.app import create_app
+    from fornalha.serve.auth import load_keys
+
+    if max_batch < 1 or max_queue < 0:
+        raise ConfigError("--max-batch must be >= 1 and --max-queue >= 0")
+    if not 0 < port < 65536:
+        raise ConfigError(f"--port must be in 1..65535, got {port}")
+    keys = load_keys(api_keys_file)
+    store = None
+    if db is not None:
+        try:
+            from fornalha.serve.store import Store  # type: ignore[import-not-found]
+        except ImportError as exc:
+            raise FornalhaError(
+                f"--db needs fornalha.serve.store, which is not available here ({exc})"
+            ) from None
+        store = Store(db, log_prompts=not no_log_prompts)
+    engine, tokenizer = _load_engine(run, "best", device, "auto", max_batch)
+    name = model_name or run.resolve().name
+    app = create_app(
+        engine, tokenizer, model_name=name, api_keys=keys, rate_limit=rate_limit, rate_burst=rate_burst,
+        max_queue=max_queue, request_timeout=request_timeout, store=store,
+    )  # fmt: skip
+
+    class Server(uvicorn.Server):
+        """uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown; a drained server exits 0."""
+
+        def handle_exit(self, sig, frame) -> None:  # type: ignore[no-untyped-def]
+            super().handle_exit(sig, frame)
+            self._captured_signals.clear()
+
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=int(max(1, drain_timeout)),
+        lifespan="on",
+    )  # fmt: skip
+    server = Server(config)
+    auth = f"{len(keys)} API key(s)" if keys else "no API key (open)"
+    print(f"serving {name} at http://{host}:{port}/v1 ({auth}; max batch {max_batch}, queue {max_queue})",
+          flush=True)  # fmt: skip
+    try:
+        server.run()
+    except SystemExit:  # uvicorn exits when it cannot bind
+        server.started = False
+    if not server.started:
+        raise FornalhaError(f"could not start the server on {host}:{port} (is the port in use?)")
+    print("server stopped", file=sys.stderr, flush=True)
+
+
+def register(app: typer.Typer) -> None:
+    """Add `serve` to the main app."""
+    app.command("serve", no_args_is_help=True)(serve_command)

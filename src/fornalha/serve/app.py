@@ -1,0 +1,535 @@
+"""The FastAPI app: OpenAI's API over one `Engine`.
+
+    create_app(engine, tokenizer, model_name=...) -> FastAPI
+
+Routes: ``GET /v1/models``, ``POST /v1/completions``, ``POST /v1/chat/completions`` (``stream``
+gives server-sent events ending in ``data: [DONE]``), ``POST /v1/embeddings``, ``GET /health``,
+``GET /ready``, ``GET /metrics``. What a request goes through::
+
+    size limit ─► API key ─► rate limit ─► body validated (unknown parameter = 400 naming it)
+      ─► model name ─► prompt tokenized and checked against the context ─► queue capacity
+      ─► n sequences into the engine (async_engine) ─► JSON answer or SSE stream
+      ─► the finished completion handed to the store (when one is attached)
+
+Seams for what builds on this server: ``app.state.store`` (an object with
+``record_completion(dict)`` and ``close()``), ``app.state.extra_routers`` (routers the CLI adds
+before the app starts serving — the web page, the recommender) and every response's ``id``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from fornalha.infer.engine import Engine, Event
+from fornalha.infer.sampling import SamplingParams
+from fornalha.serve.async_engine import AsyncEngine, QueueFull, RequestTimeout
+from fornalha.serve.auth import KeyChecker, RateLimiter
+from fornalha.serve.errors import APIError, error_body, install_error_handlers
+from fornalha.serve.metrics import Metrics
+from fornalha.serve.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, _Sampling
+
+MAX_BODY_BYTES = 1 << 20
+
+
+class _Guard:
+    """ASGI middleware: rejects bodies over the limit (400) and counts every response's status."""
+
+    def __init__(self, app: Any, max_body: int, metrics: Metrics) -> None:
+        self.app, self.max_body, self.metrics = app, max_body, metrics
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path = scope.get("path", "")
+        status = {"code": 500}
+
+        async def send_counted(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        headers = dict(scope.get("headers") or [])
+        length = headers.get(b"content-length")
+        too_big = length is not None and (not length.isdigit() or int(length) > self.max_body)
+        if not too_big:
+            seen = 0
+
+            async def receive_limited() -> dict:
+                nonlocal seen
+                message = await receive()
+                if message["type"] == "http.request":
+                    seen += len(message.get("body", b""))
+                    if seen > self.max_body:
+                        raise _TooBig
+                return message
+
+            try:
+                await self.app(scope, receive_limited, send_counted)
+            except _TooBig:
+                too_big = True
+        if too_big:
+            body = error_body(400, f"request body larger than {self.max_body} bytes", None, "body_too_large")
+            await JSONResponse(body, 400)(scope, receive, send_counted)
+        endpoint = path if path.startswith("/v1/") or path in ("/health", "/ready", "/metrics") else "other"
+        self.metrics.requests.labels(endpoint, str(status["code"])).inc()
+
+
+class _TooBig(Exception):
+    pass
+
+
+def _now_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+def create_app(
+    engine: Engine,
+    tokenizer: Any,
+    *,
+    model_name: str = "fornalha",
+    api_keys: list[str] | None = None,
+    rate_limit: float | None = None,
+    rate_burst: int | None = None,
+    max_queue: int = 64,
+    request_timeout: float | None = 600.0,
+    max_body_bytes: int = MAX_BODY_BYTES,
+    store: Any = None,
+) -> FastAPI:
+    """The server for `engine` (which it runs in its own thread from startup to shutdown).
+
+    api_keys: accepted keys (None or empty: no authentication). rate_limit: requests per second
+    per key (None: unlimited), with bursts of rate_burst. max_queue: sequences that may wait for
+    a KV-cache slot before new requests get 429. request_timeout: seconds per request.
+    store: where finished completions are recorded (see the module docstring), or None.
+    """
+    metrics = Metrics()
+
+    hits = {"seen": 0}
+
+    def on_step(eng: Engine) -> None:
+        metrics.queue_depth.set(eng.num_waiting)
+        metrics.running.set(eng.num_running)
+        if eng.prefix_hit_tokens > hits["seen"]:
+            metrics.prefix_hit_tokens.inc(eng.prefix_hit_tokens - hits["seen"])
+            hits["seen"] = eng.prefix_hit_tokens
+
+    runner = AsyncEngine(engine, max_queue=max_queue, request_timeout=request_timeout, on_step=on_step)
+    keys = KeyChecker(api_keys or [])
+    limiter = RateLimiter(rate_limit, rate_burst)
+    created = int(time.time())
+    ctx = engine.max_seq_len
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        for router in app.state.extra_routers:
+            app.include_router(router)
+        runner.start()
+        try:
+            yield
+        finally:
+            runner.stop()
+            if app.state.store is not None:
+                app.state.store.close()
+
+    app = FastAPI(title="fornalha", version="1", lifespan=lifespan)
+    app.state.store = store
+    app.state.extra_routers = []
+    app.state.engine = runner
+    app.state.metrics = metrics
+    app.state.model_name = model_name
+    app.state.tokenizer = tokenizer
+    install_error_handlers(app)
+    app.add_middleware(_Guard, max_body=max_body_bytes, metrics=metrics)
+
+    # ---- authentication and rate limit --------------------------------------------------------
+    async def authorize(request: Request) -> str:
+        header = request.headers.get("authorization", "")
+        presented = header[7:].strip() if header[:7].lower() == "bearer " else None
+        who = request.client.host if request.client else "anonymous"
+        if keys.enabled:
+            key = keys.check(presented)
+            if key is None:
+                raise APIError(401, "missing or invalid API key (send Authorization: Bearer KEY)",
+                               code="invalid_api_key")  # fmt: skip
+            who = key
+        wait = limiter.retry_after(who)
+        if wait > 0:
+            raise APIError(429, f"rate limit exceeded; retry in {wait:.1f} s", code="rate_limit_exceeded",
+                           headers={"Retry-After": str(max(1, round(wait + 0.5)))})  # fmt: skip
+        return who
+
+    v1 = APIRouter(prefix="/v1", dependencies=[Depends(authorize)])
+
+    def check_model(name: str) -> None:
+        if name != model_name:
+            raise APIError(404, f"the model {name!r} does not exist; this server serves {model_name!r}",
+                           param="model", code="model_not_found")  # fmt: skip
+
+    def check_context(ids: list[int], param: str) -> None:
+        if not ids:
+            raise APIError(400, "the prompt is empty", param=param, code="empty_prompt")
+        if len(ids) >= ctx:
+            raise APIError(400, f"the prompt has {len(ids)} tokens; the model's context window is {ctx} tokens "
+                           "and needs room for at least one new token", param=param,
+                           code="context_length_exceeded")  # fmt: skip
+        bad = [i for i in ids if not 0 <= i < engine.config.vocab_size]
+        if bad:
+            raise APIError(
+                400, f"token id {bad[0]} is outside the vocabulary", param=param, code="invalid_value"
+            )
+
+    def sampling(
+        req: _Sampling, max_tokens: int | None, prompt_len: int, logprobs: int | None
+    ) -> SamplingParams:
+        room = ctx - prompt_len
+        if max_tokens is None:
+            max_tokens = room
+        elif max_tokens > room:
+            raise APIError(400, f"max_tokens={max_tokens} is too large: the prompt has {prompt_len} tokens and "
+                           f"the context window is {ctx}, so at most {room} can be generated",
+                           param="max_tokens", code="invalid_value")  # fmt: skip
+        stop = req.stop_list()
+        if len(stop) > 4 or any(not s for s in stop):
+            raise APIError(400, "stop takes at most 4 non-empty strings", param="stop", code="invalid_value")
+        return SamplingParams(
+            max_new_tokens=max_tokens,
+            temperature=req.temperature,
+            top_p=req.top_p,
+            seed=req.seed,
+            stop=stop,
+            presence_penalty=req.presence_penalty,
+            frequency_penalty=req.frequency_penalty,
+            logprobs=logprobs,
+        )
+
+    def deadline() -> float | None:
+        return None if request_timeout is None else time.monotonic() + request_timeout
+
+    def reserve(n: int) -> None:
+        try:
+            runner.reserve(n)
+        except QueueFull as exc:
+            raise APIError(
+                429, f"{exc}; retry shortly", code="queue_full", headers={"Retry-After": "1"}
+            ) from None
+
+    async def merged(jobs: list[tuple[list[int], SamplingParams]]) -> AsyncIterator[tuple[int, Event]]:
+        """Events of several sequences (the n choices, the prompts) as (choice index, event)."""
+        q: asyncio.Queue = asyncio.Queue()
+        end = deadline()
+
+        async def pump(i: int, ids: list[int], params: SamplingParams) -> None:
+            try:
+                async for ev in runner.generate(ids, params, end):
+                    await q.put((i, ev))
+                await q.put((i, None))
+            except Exception as exc:
+                await q.put((i, exc))
+
+        tasks = [asyncio.create_task(pump(i, ids, p)) for i, (ids, p) in enumerate(jobs)]
+        try:
+            left = len(tasks)
+            while left:
+                i, item = await q.get()
+                if item is None:
+                    left -= 1
+                elif isinstance(item, Exception):
+                    raise item
+                else:
+                    yield i, item
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def token_text(tok: int) -> tuple[str, list[int]]:
+        b = tokenizer.decode_bytes([tok])
+        return b.decode("utf-8", errors="replace"), list(b)
+
+    def chat_logprob(ev: Event) -> dict[str, Any]:
+        lp = ev.logprob
+        assert lp is not None
+        text, b = token_text(lp.token_id)
+        top = []
+        for t, v in lp.top:
+            tt, tb = token_text(t)
+            top.append({"token": tt, "logprob": v, "bytes": tb})
+        return {"token": text, "logprob": lp.logprob, "bytes": b, "top_logprobs": top}
+
+    class _Choice:
+        def __init__(self) -> None:
+            self.text: list[str] = []
+            self.tokens = 0
+            self.finish_reason: str | None = None
+            self.logprobs: list[Event] = []
+
+    def record(kind: str, rid: str, req: Any, choices: list[_Choice], prompt_tokens: int, start: float,
+               ttft: float | None, user: str | None) -> None:  # fmt: skip
+        st = app.state.store
+        if st is None:
+            return
+        st.record_completion({
+            "id": rid, "created": time.time(), "model": model_name, "endpoint": kind,
+            "request": req.model_dump(exclude_none=True), "output": ["".join(c.text) for c in choices],
+            "finish_reasons": [c.finish_reason for c in choices], "prompt_tokens": prompt_tokens,
+            "completion_tokens": sum(c.tokens for c in choices), "latency_ms": (time.perf_counter() - start) * 1e3,
+            "ttft_ms": None if ttft is None else ttft * 1e3, "user": user,
+        })  # fmt: skip
+
+    def observe(choices: list[_Choice], prompt_tokens: int, start: float) -> None:
+        metrics.prompt_tokens.inc(prompt_tokens)
+        metrics.completion_tokens.inc(sum(c.tokens for c in choices))
+        metrics.latency.observe(time.perf_counter() - start)
+
+    async def run(
+        kind: str, rid: str, req: Any, jobs: list[tuple[list[int], SamplingParams]], prompt_tokens: int,
+        make_chunk: Callable[[int, Event, _Choice], dict | None], first_chunks: list[dict],
+        final: Callable[[list[_Choice]], dict], usage_chunk: Callable[[dict], dict], stream: bool,
+        include_usage: bool,
+    ) -> Any:  # fmt: skip
+        """Drive the jobs; a JSON response (final(choices)) or an SSE stream of chunks."""
+        reserve(len(jobs))
+        start = time.perf_counter()
+        choices = [_Choice() for _ in jobs]
+        state: dict[str, Any] = {"ttft": None, "last": {}}
+
+        def book(i: int, ev: Event) -> None:
+            c = choices[i]
+            now = time.perf_counter()
+            if ev.token_id is not None:
+                c.tokens += 1
+            if state["ttft"] is None:
+                state["ttft"] = now - start
+                metrics.ttft.observe(state["ttft"])
+            last = state["last"].get(i)
+            if last is not None:
+                metrics.itl.observe(now - last)
+            state["last"][i] = now
+            c.text.append(ev.text)
+            if ev.logprob is not None:
+                c.logprobs.append(ev)
+            if ev.finished:
+                c.finish_reason = ev.finish_reason
+
+        def usage() -> dict[str, int]:
+            done = sum(c.tokens for c in choices)
+            return {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": done,
+                "total_tokens": prompt_tokens + done,
+            }
+
+        if not stream:
+            try:
+                async for i, ev in merged(jobs):
+                    book(i, ev)
+            except RequestTimeout as exc:
+                raise APIError(408, str(exc), code="timeout") from None
+            finally:
+                runner.release(len(jobs))
+            observe(choices, prompt_tokens, start)
+            record(kind, rid, req, choices, prompt_tokens, start, state["ttft"], req.user)
+            body = final(choices)
+            body["usage"] = usage()
+            return JSONResponse(body)
+
+        async def sse() -> AsyncIterator[str]:
+            try:
+                for chunk in first_chunks:
+                    yield f"data: {json.dumps(chunk)}\n\n"
+                async for i, ev in merged(jobs):
+                    book(i, ev)
+                    chunk = make_chunk(i, ev, choices[i])
+                    if chunk is not None:
+                        yield f"data: {json.dumps(chunk)}\n\n"
+                if include_usage:
+                    yield f"data: {json.dumps(usage_chunk(usage()))}\n\n"
+                yield "data: [DONE]\n\n"
+                observe(choices, prompt_tokens, start)
+                record(kind, rid, req, choices, prompt_tokens, start, state["ttft"], req.user)
+            except RequestTimeout as exc:
+                yield f"data: {json.dumps(error_body(408, str(exc), None, 'timeout'))}\n\n"
+            finally:
+                runner.release(len(jobs))
+
+        return StreamingResponse(sse(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+    # ---- routes -------------------------------------------------------------------------------
+    def model_card() -> dict[str, Any]:
+        return {"id": model_name, "object": "model", "created": created, "owned_by": "fornalha"}
+
+    @v1.get("/models")
+    async def list_models() -> dict[str, Any]:
+        return {"object": "list", "data": [model_card()]}
+
+    @v1.get("/models/{model_id}")
+    async def get_model(model_id: str) -> dict[str, Any]:
+        check_model(model_id)
+        return model_card()
+
+    @v1.post("/chat/completions")
+    async def chat_completions(req: ChatCompletionRequest) -> Any:
+        check_model(req.model)
+        if req.max_tokens is not None and req.max_completion_tokens is not None:
+            raise APIError(400, "give max_tokens or max_completion_tokens, not both", param="max_tokens")
+        ids = tokenizer.encode_chat([{"role": m.role, "content": m.content} for m in req.messages])
+        check_context(ids, "messages")
+        top = req.top_logprobs if req.logprobs else None
+        if req.top_logprobs is not None and not req.logprobs:
+            raise APIError(
+                400, "top_logprobs needs logprobs: true", param="top_logprobs", code="invalid_value"
+            )
+        params = sampling(req, req.max_completion_tokens or req.max_tokens, len(ids),
+                          (top or 0) if req.logprobs else None)  # fmt: skip
+        rid, now = _now_id("chatcmpl"), int(time.time())
+        jobs = [(ids, params.with_(seed=None if req.seed is None else req.seed + j)) for j in range(req.n)]
+        base = {"id": rid, "object": "chat.completion.chunk", "created": now, "model": model_name}
+
+        def chunk(i: int, ev: Event, c: _Choice) -> dict | None:
+            if not ev.text and not ev.finished and ev.logprob is None:
+                return None
+            delta = {"content": ev.text} if ev.text else {}
+            lp = {"content": [chat_logprob(ev)]} if ev.logprob is not None else None
+            choice = {"index": i, "delta": delta, "logprobs": lp, "finish_reason": ev.finish_reason}
+            return {**base, "choices": [choice]}
+
+        firsts = [{**base, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""},
+                                        "logprobs": None, "finish_reason": None}]}
+                  for i in range(req.n)]  # fmt: skip
+
+        def final(choices: list[_Choice]) -> dict:
+            out = []
+            for i, c in enumerate(choices):
+                lp = {"content": [chat_logprob(e) for e in c.logprobs]} if req.logprobs else None
+                out.append({"index": i, "message": {"role": "assistant", "content": "".join(c.text)},
+                            "logprobs": lp, "finish_reason": c.finish_reason})  # fmt: skip
+            return {
+                "id": rid,
+                "object": "chat.completion",
+                "created": now,
+                "model": model_name,
+                "choices": out,
+            }
+
+        include = bool(req.stream_options and req.stream_options.include_usage)
+        return await run("chat.completions", rid, req, jobs, len(ids), chunk, firsts, final,
+                         lambda u: {**base, "choices": [], "usage": u}, req.stream, include)  # fmt: skip
+
+    @v1.post("/completions")
+    async def completions(req: CompletionRequest) -> Any:
+        check_model(req.model)
+        bos = getattr(tokenizer, "bos_id", None)
+        if isinstance(req.prompt, str):
+            prompts = [req.prompt]
+        elif req.prompt and all(isinstance(p, int) for p in req.prompt):
+            prompts = [list(req.prompt)]
+        else:
+            prompts = list(req.prompt)
+        if not prompts:
+            raise APIError(400, "the prompt is empty", param="prompt", code="empty_prompt")
+        id_lists = [p if isinstance(p, list) else ([bos] if bos is not None else []) + tokenizer.encode(p)
+                    for p in prompts]  # fmt: skip
+        for ids in id_lists:
+            check_context(ids, "prompt")
+        jobs = []
+        for ids in id_lists:
+            params = sampling(req, req.max_tokens, len(ids), req.logprobs)
+            jobs += [
+                (ids, params.with_(seed=None if req.seed is None else req.seed + j)) for j in range(req.n)
+            ]
+        rid, now = _now_id("cmpl"), int(time.time())
+        base = {"id": rid, "object": "text_completion", "created": now, "model": model_name}
+
+        def logprobs_of(events: list[Event]) -> dict[str, Any]:
+            tokens, lps, tops, offsets, at = [], [], [], [], 0
+            for e in events:
+                assert e.logprob is not None
+                text, _ = token_text(e.logprob.token_id)
+                tokens.append(text)
+                lps.append(e.logprob.logprob)
+                tops.append({token_text(t)[0]: v for t, v in e.logprob.top})
+                offsets.append(at)
+                at += len(text)
+            return {"tokens": tokens, "token_logprobs": lps, "top_logprobs": tops, "text_offset": offsets}
+
+        def chunk(i: int, ev: Event, c: _Choice) -> dict | None:
+            if not ev.text and not ev.finished:
+                return None
+            lp = logprobs_of([ev]) if ev.logprob is not None else None
+            return {**base, "choices": [{"index": i, "text": ev.text, "logprobs": lp,
+                                         "finish_reason": ev.finish_reason}]}  # fmt: skip
+
+        def final(choices: list[_Choice]) -> dict:
+            out = [{"index": i, "text": "".join(c.text), "finish_reason": c.finish_reason,
+                    "logprobs": logprobs_of(c.logprobs) if req.logprobs is not None else None}
+                   for i, c in enumerate(choices)]  # fmt: skip
+            return {**base, "choices": out}
+
+        include = bool(req.stream_options and req.stream_options.include_usage)
+        prompt_tokens = sum(len(ids) for ids in id_lists)
+        return await run("completions", rid, req, jobs, prompt_tokens, chunk, [], final,
+                         lambda u: {**base, "choices": [], "usage": u}, req.stream, include)  # fmt: skip
+
+    @v1.post("/embeddings")
+    async def embeddings(req: EmbeddingRequest) -> Any:
+        check_model(req.model)
+        bos = getattr(tokenizer, "bos_id", None)
+        inp = req.input
+        if isinstance(inp, str):
+            items: list = [inp]
+        elif inp and all(isinstance(x, int) for x in inp):
+            items = [list(inp)]
+        else:
+            items = list(inp)
+        if not items:
+            raise APIError(400, "input is empty", param="input", code="empty_input")
+        id_lists = [x if isinstance(x, list) else ([bos] if bos is not None else []) + tokenizer.encode(x)
+                    for x in items]  # fmt: skip
+        for ids in id_lists:
+            check_context(ids, "input")
+        vectors = await runner.call(lambda eng: eng.embed(id_lists))
+        data = []
+        for i, vec in enumerate(vectors):
+            arr = np.asarray(vec, dtype=np.float32)
+            emb: Any = (
+                base64.b64encode(arr.tobytes()).decode() if req.encoding_format == "base64" else arr.tolist()
+            )
+            data.append({"object": "embedding", "index": i, "embedding": emb})
+        n = sum(len(ids) for ids in id_lists)
+        metrics.prompt_tokens.inc(n)
+        return {
+            "object": "list",
+            "data": data,
+            "model": model_name,
+            "usage": {"prompt_tokens": n, "total_tokens": n},
+        }
+
+    app.include_router(v1)
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/ready")
+    async def ready() -> Any:
+        if runner.alive:
+            return {"status": "ready", "model": model_name}
+        return JSONResponse(error_body(503, "the engine is not running"), 503)
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app

@@ -1,0 +1,206 @@
+"""The engine's own thread, and the bridge between it and the asyncio server.
+
+The `Engine` is not thread-safe and its `step()` is blocking compute, so exactly one thread owns
+it and runs this loop::
+
+    forever:
+        take every command from the inbox   (add a request / abort one / run a function)
+        if anything is waiting or running:  events = engine.step()
+                                            hand each event to its request's asyncio queue
+        else:                               sleep until a command arrives
+
+HTTP handlers never touch the engine: `generate()` posts an "add" command and then awaits the
+request's own `asyncio.Queue`, which the engine thread fills through
+`loop.call_soon_threadsafe`. Leaving `generate()` early — the client disconnected, the request
+timed out, the handler was cancelled — posts an "abort", which the thread executes before its
+next step, so the KV-cache slot is free within one step.
+
+Back-pressure: at most ``max_batch + max_queue`` sequences may be admitted-but-unfinished;
+beyond that `QueueFull` is raised at once (the server answers 429) instead of letting the queue
+grow without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import itertools
+import queue
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from fornalha.infer.engine import Engine, Event
+from fornalha.infer.sampling import SamplingParams
+
+
+class QueueFull(Exception):
+    """More requests than slots + queue: come back later."""
+
+
+class RequestTimeout(Exception):
+    """A request ran past its time limit and was cancelled."""
+
+
+@dataclass
+class _Handle:
+    key: int
+    loop: asyncio.AbstractEventLoop
+    events: asyncio.Queue
+
+
+class AsyncEngine:
+    """Runs `engine` in a background thread; `generate` / `call` are awaited from asyncio.
+
+    max_queue: how many sequences may wait for a slot (beyond `engine.max_batch_size` running).
+    request_timeout: seconds a request may take in all (None: no limit).
+    on_step: called in the engine thread after every step with the engine (for metrics).
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        max_queue: int = 64,
+        request_timeout: float | None = None,
+        on_step: Callable[[Engine], None] | None = None,
+    ) -> None:
+        self.engine = engine
+        self.capacity = engine.max_batch_size + max_queue
+        self.request_timeout = request_timeout
+        self.on_step = on_step
+        self._inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._keys = itertools.count()
+        self._in_flight = 0  # touched only from the event loop thread
+        self.error: BaseException | None = None
+
+    # ---- lifecycle ----------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="fornalha-engine", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive() and self.error is None
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    # ---- the engine thread --------------------------------------------------------------------
+    def _post(self, *command: Any) -> None:
+        self._inbox.put(command)
+        self._wake.set()
+
+    def _run(self) -> None:
+        handles: dict[int, _Handle] = {}  # engine request id -> handle
+        by_key: dict[int, int] = {}  # handle key -> engine request id
+        eng = self.engine
+        try:
+            while not self._stop.is_set():
+                while True:
+                    try:
+                        cmd = self._inbox.get_nowait()
+                    except queue.Empty:
+                        break
+                    kind = cmd[0]
+                    if kind == "add":
+                        _, handle, ids, params = cmd
+                        try:
+                            rid = eng.add_request(ids, params, add_bos=False)
+                        except Exception as exc:  # bad input the app did not catch: the request fails
+                            handle.loop.call_soon_threadsafe(handle.events.put_nowait, exc)
+                            continue
+                        handles[rid], by_key[handle.key] = handle, rid
+                        if params.max_new_tokens == 0:  # finished at once
+                            eng.discard(rid)
+                    elif kind == "abort":
+                        rid = by_key.pop(cmd[1], None)
+                        if rid is not None:
+                            handles.pop(rid, None)
+                            eng.abort(rid)
+                            eng.discard(rid)
+                    elif kind == "call":
+                        _, fn, fut = cmd
+                        try:
+                            fut.set_result(fn(eng))
+                        except Exception as exc:
+                            fut.set_exception(exc)
+                if eng.has_unfinished():
+                    for ev in eng.step():
+                        h = handles.get(ev.request_id)
+                        if ev.finished:
+                            eng.discard(ev.request_id)
+                            if h is not None:
+                                handles.pop(ev.request_id, None)
+                                by_key.pop(h.key, None)
+                        if h is not None:
+                            h.loop.call_soon_threadsafe(h.events.put_nowait, ev)
+                    if self.on_step is not None:
+                        self.on_step(eng)
+                else:
+                    if self.on_step is not None:
+                        self.on_step(eng)
+                    self._wake.wait(0.1)
+                    self._wake.clear()
+        except BaseException as exc:  # the engine broke: fail every waiting request, stop being ready
+            self.error = exc
+            for h in handles.values():
+                h.loop.call_soon_threadsafe(h.events.put_nowait, exc)
+
+    # ---- the asyncio side ---------------------------------------------------------------------
+    def reserve(self, n: int) -> None:
+        """Count n sequences as in flight, or raise QueueFull (call before generate)."""
+        if self._in_flight + n > self.capacity:
+            raise QueueFull(f"server busy: {self._in_flight} sequences in flight, capacity {self.capacity}")
+        self._in_flight += n
+
+    def release(self, n: int) -> None:
+        self._in_flight -= n
+
+    async def generate(
+        self, prompt_ids: list[int], params: SamplingParams, deadline: float | None = None
+    ) -> AsyncIterator[Event]:
+        """The events of one sequence (n=1) as the engine produces them; the last one has
+        finished=True. Leaving the loop early aborts the sequence. Raises RequestTimeout past
+        `deadline` (a `time.monotonic()` value)."""
+        loop = asyncio.get_running_loop()
+        handle = _Handle(next(self._keys), loop, asyncio.Queue())
+        self._post("add", handle, list(prompt_ids), params)
+        done = False
+        try:
+            while True:
+                if deadline is None:
+                    item = await handle.events.get()
+                else:
+                    left = deadline - time.monotonic()
+                    try:
+                        item = await asyncio.wait_for(handle.events.get(), max(left, 0.0))
+                    except TimeoutError:
+                        raise RequestTimeout("the request ran past its time limit") from None
+                if isinstance(item, BaseException):
+                    done = True
+                    raise item
+                yield item
+                if item.finished:
+                    done = True
+                    return
+        finally:
+            if not done:
+                self._post("abort", handle.key)
+
+    async def call(self, fn: Callable[[Engine], Any]) -> Any:
+        """Run fn(engine) in the engine thread between two steps (e.g. embeddings)."""
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        self._post("call", fn, fut)
+        return await asyncio.wrap_future(fut)

@@ -1,0 +1,33 @@
+"""Fixtures: one run folder and one live server shared by the serving tests."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+# The float16 decode-attention kernel is compiled into a build folder shared by every checkout;
+# these tests measure the server, not the kernel, so they never wait on that build.
+os.environ.setdefault("FORNALHA_NO_KERNELS", "1")
+from serve_helpers import KEY, Server, make_run
+
+
+@pytest.fixture(scope="session")
+def run_dir(tmp_path_factory):
+    return make_run(tmp_path_factory.mktemp("serve"))
+
+
+@pytest.fixture(scope="session")
+def server(run_dir):
+    srv = Server(run_dir, "--max-batch", "8", "--max-queue", "64")
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def client(server):
+    import openai
+
+    return openai.OpenAI(
+        base_url=server.url + "/v1", api_key=KEY, _strict_response_validation=True, max_retries=0
+    )

@@ -1,0 +1,74 @@
+"""The engine under the server: prefix caching changes nothing but the work done; continuous
+batching gives every request the tokens it would get alone."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fornalha.checkpoint import load_run
+from fornalha.infer import Engine, SamplingParams
+
+SYSTEM = "the quick brown fox jumps over the lazy dog. "
+
+
+@pytest.fixture(scope="module")
+def loaded(run_dir):
+    torch.set_num_threads(1)
+    model, tok, _ = load_run(run_dir)
+    return model, tok
+
+
+def make(loaded, **kw) -> Engine:
+    model, tok = loaded
+    return Engine(model, tok, max_batch_size=4, kv_cache=None, decode_weights=None, **kw)
+
+
+def test_prefix_cache_reuses_and_matches(loaded):
+    greedy = SamplingParams(max_new_tokens=12, temperature=0)
+    prompts = [SYSTEM + "abc", SYSTEM + "xyz 12", SYSTEM + "abc de"]
+    plain = make(loaded, prefix_caching=False)
+    want = [plain.generate([p], greedy)[0].text for p in prompts]
+    cached = make(loaded)
+    got = [cached.generate([p], greedy)[0].text for p in prompts]  # one after the other: free slot reuse
+    assert got == want
+    assert cached.prefix_hit_tokens >= 2 * len(SYSTEM)
+    assert plain.prefix_hit_tokens == 0
+    # a running sequence's prefix is copied into a new slot while it keeps running
+    eng = make(loaded)
+    long_id = eng.add_request(prompts[0], SamplingParams(max_new_tokens=30, temperature=0))
+    eng.step()
+    eng.step()
+    short_id = eng.add_request(prompts[1], greedy)
+    while eng.has_unfinished():
+        eng.step()
+    assert eng.prefix_hit_tokens >= len(SYSTEM)
+    assert eng.pop_result(short_id).text == want[1]
+    alone = plain.generate([prompts[0]], SamplingParams(max_new_tokens=30, temperature=0))[0].text
+    assert eng.pop_result(long_id).text == alone
+
+
+def test_continuous_batching_same_tokens_and_late_short_first(loaded):
+    plain = make(loaded, prefix_caching=False)
+    reqs = [
+        ("fox", SamplingParams(max_new_tokens=40, temperature=0)),
+        ("lazy dog", SamplingParams(max_new_tokens=7, temperature=0, stop=["zz"])),
+        ("é ü", SamplingParams(max_new_tokens=15, temperature=0, frequency_penalty=1.0)),
+        ("0123", SamplingParams(max_new_tokens=5, temperature=0.8, seed=3)),
+    ]
+    alone = [plain.generate([p], sp)[0].text for p, sp in reqs]
+    eng = make(loaded)
+    finished_order = []
+    ids = {eng.add_request(*reqs[0]): 0}
+    for step in range(60):
+        if step in (2, 5, 6):  # arrive while the first one runs
+            k = {2: 1, 5: 2, 6: 3}[step]
+            ids[eng.add_request(*reqs[k])] = k
+        for ev in eng.step():
+            if ev.finished:
+                finished_order.append(ids[ev.request_id])
+        if not eng.has_unfinished() and step > 6:
+            break
+    assert [eng.pop_result(r).text for r in ids] == alone
+    assert finished_order.index(1) < finished_order.index(0)  # the late short one finished first
+    assert eng.num_running == 0

@@ -1,0 +1,102 @@
+"""Faults as users meet them: disconnects under load, back-pressure, rate limits, SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import re
+import signal
+import threading
+import time
+
+import httpx
+import openai
+import pytest
+from serve_helpers import KEY, Server
+
+H = {"Authorization": f"Bearer {KEY}"}
+BODY = {"model": "tiny", "messages": [{"role": "user", "content": "fox"}], "max_tokens": 60, "temperature": 0.8,
+        "stream": True}  # fmt: skip
+
+
+def gauge(server, name: str) -> float:
+    text = httpx.get(server.url + "/metrics").text
+    return float(re.search(rf"^{name} (\S+)$", text, re.M).group(1))
+
+
+def test_64_streams_with_random_disconnects(server):
+    idle = server.rss_kib()
+    rng = random.Random(0)
+
+    async def one(client: httpx.AsyncClient, i: int) -> str:
+        cut = rng.random() < 0.5
+        async with client.stream("POST", server.url + "/v1/chat/completions", json={**BODY, "seed": i},
+                                 headers=H) as r:  # fmt: skip
+            assert r.status_code == 200
+            n = 0
+            async for line in r.aiter_lines():
+                if line.startswith("data: "):
+                    n += 1
+                    if cut and n >= 3:
+                        return "cut"  # leaving the block closes the connection mid-stream
+                    if line == "data: [DONE]":
+                        return "done"
+        return "no-done"
+
+    async def main() -> list[str]:
+        async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=100)) as c:
+            return await asyncio.gather(*(one(c, i) for i in range(64)))
+
+    results = asyncio.run(main())
+    assert "no-done" not in results and results.count("done") > 10 and results.count("cut") > 10
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and (gauge(server, "fornalha_running_batch_size") or
+                                           gauge(server, "fornalha_queue_depth")):  # fmt: skip
+        time.sleep(0.1)
+    assert gauge(server, "fornalha_running_batch_size") == 0
+    assert gauge(server, "fornalha_queue_depth") == 0
+    # still serving normally, memory back near idle
+    c = openai.OpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0)
+    assert c.completions.create(model="tiny", prompt="ab", max_tokens=3).usage.completion_tokens >= 1
+    assert server.rss_kib() < idle + 64 * 1024
+
+
+def test_rate_limit_queue_full_and_sigterm_drain(run_dir):
+    srv = Server(run_dir, "--max-batch", "2", "--max-queue", "1", "--rate-limit", "0.5", "--rate-burst", "10")
+    try:
+        c = openai.OpenAI(base_url=srv.url + "/v1", api_key=KEY, max_retries=0)
+        # queue full: 3 sequences fit (2 running + 1 waiting); n=4 does not
+        with pytest.raises(openai.RateLimitError) as e:
+            c.completions.create(model="tiny", prompt="a", max_tokens=5, n=4)
+        assert e.value.response.headers["Retry-After"] == "1"
+        # per-key token bucket: burst of 10, then 429 with Retry-After
+        codes = [httpx.get(srv.url + "/v1/models", headers=H).status_code for _ in range(16)]
+        assert 429 in codes and codes[0] == 200
+        r = httpx.get(srv.url + "/v1/models", headers=H)
+        assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1
+        time.sleep(2.5)
+        # SIGTERM during a stream: the stream completes, the process exits 0
+        got: list[str] = []
+
+        def stream() -> None:
+            body = {**BODY, "max_tokens": 80, "temperature": 0}
+            with httpx.stream(
+                "POST", srv.url + "/v1/chat/completions", json=body, headers=H, timeout=60
+            ) as r:
+                for line in r.iter_lines():
+                    if line.startswith("data: "):
+                        got.append(line)
+
+        t = threading.Thread(target=stream)
+        t.start()
+        while not got:
+            time.sleep(0.01)
+        srv.proc.send_signal(signal.SIGTERM)
+        t.join(60)
+        assert got[-1] == "data: [DONE]"
+        last = json.loads(got[-2].removeprefix("data: "))
+        assert last["choices"][0]["finish_reason"] in ("stop", "length")
+        assert srv.proc.wait(30) == 0
+    finally:
+        srv.stop()
