@@ -1,0 +1,1 @@
+"""Serving: the OpenAI-compatible server, its store and its web page."""
