@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 HERE = Path(__file__).resolve().parent
-CHROMIUM = "/usr/bin/chromium"
+CHROMIUM = os.environ.get("FORNALHA_CHROMIUM", "/usr/bin/chromium")
 
 
 def free_port() -> int:

@@ -10,9 +10,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
 import time
 import uuid
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 
 import uvicorn
 from fastapi import FastAPI, Request
@@ -22,6 +23,16 @@ from fornalha.serve.store import Store
 from fornalha.serve.web import error_response, router
 
 MODEL = "fake-echo"
+
+
+class ExitZeroServer(uvicorn.Server):
+    """uvicorn re-raises SIGTERM after its graceful shutdown (exit -15); a served model exits 0 instead."""
+
+    @contextmanager
+    def capture_signals(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self.handle_exit)
+        yield
 
 
 def fake_words(messages: list[dict], max_tokens: int) -> list[str]:
@@ -93,6 +104,8 @@ def create_app(db_url: str, delay: float = 0.02, log_prompts: bool = True) -> Fa
                 finish = "length"
                 last = {"id": cid, "object": "chat.completion.chunk", "created": int(created), "model": MODEL,
                         "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]}
+                if "sources" in str(body["messages"][-1].get("content", "")):  # the retrieval issue adds this
+                    last["sources"] = [{"title": "Doc A", "id": "a"}, {"title": "Doc B", "id": "b"}]
                 record(out, finish, t_first)  # queued before the last bytes: a 2xx stream is in the store
                 yield f"data: {json.dumps(last)}\n\n"
                 yield "data: [DONE]\n\n"
@@ -113,4 +126,5 @@ if __name__ == "__main__":
     p.add_argument("--no-log-prompts", action="store_true")
     a = p.parse_args()
     app = create_app(a.db, a.delay, log_prompts=not a.no_log_prompts)
-    uvicorn.run(app, host="127.0.0.1", port=a.port, log_level="warning", timeout_graceful_shutdown=10)
+    config = uvicorn.Config(app, host="127.0.0.1", port=a.port, log_level="warning", timeout_graceful_shutdown=10)
+    ExitZeroServer(config).run()  # SIGTERM: drain, close the store, exit 0

@@ -60,9 +60,9 @@ function addTools(div, completionId) {
   comment.type = "text"; comment.placeholder = "Comment (optional)"; comment.className = "comment";
   comment.maxLength = 4000;
   const up = document.createElement("button");
-  up.type = "button"; up.textContent = "👍"; up.title = "Good answer"; up.className = "rate-up";
+  up.type = "button"; up.textContent = "▲ Good"; up.title = "Good answer"; up.setAttribute("aria-label", "thumbs up"); up.className = "rate-up";
   const down = document.createElement("button");
-  down.type = "button"; down.textContent = "👎"; down.title = "Bad answer"; down.className = "rate-down";
+  down.type = "button"; down.textContent = "▼ Bad"; down.title = "Bad answer"; down.setAttribute("aria-label", "thumbs down"); down.className = "rate-down";
   const rate = async (rating, button) => {
     if (!completionId) { setStatus("This answer has no completion id; it cannot be rated."); return; }
     const payload = { completion_id: completionId, rating: rating };
@@ -135,7 +135,7 @@ async function send(text) {
     }
     setStatus("");
   } catch (e) {
-    if (e.name === "AbortError") { setStatus("Stopped."); div.dataset.stopped = "true"; }
+    if (e.name === "AbortError") { setStatus("Stopped."); div.dataset.stopped = "true"; div.classList.add("stopped"); }
     else { div.classList.add("error"); out.textContent += (out.textContent ? "\n" : "") + "Error: " + e.message; setStatus(""); }
   } finally {
     controller = null;
