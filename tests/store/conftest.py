@@ -57,8 +57,11 @@ def tiny_run(root: Path) -> Path:
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=tok.vocab_size, block_size=256, n_layer=2, n_head=4, n_kv_head=2, n_embd=32)
     model = GPT(cfg)
-    save_checkpoint(run / "checkpoints" / "best", model_state_for_saving(model),
-                    {"model_config": model.config.to_dict(), "step": 0})
+    save_checkpoint(
+        run / "checkpoints" / "best",
+        model_state_for_saving(model),
+        {"model_config": model.config.to_dict(), "step": 0},
+    )
     return run
 
 
@@ -68,14 +71,34 @@ def start_server(tmp: Path, *, delay: float = 0.02, log_prompts: bool = True) ->
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     if importlib.util.find_spec("fornalha.serve.app") is not None:
         kind = "fornalha serve"
-        cmd = [sys.executable, "-m", "fornalha.cli", "serve", "--run", str(tiny_run(tmp)), "--host", "127.0.0.1",
-               "--port", str(port), "--db", db_url]
+        cmd = [
+            sys.executable,
+            "-m",
+            "fornalha.cli",
+            "serve",
+            "--run",
+            str(tiny_run(tmp)),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--db",
+            db_url,
+        ]
         if not log_prompts:
             cmd.append("--no-log-prompts")
     else:
         kind = "test double"
-        cmd = [sys.executable, str(HERE / "fake_server.py"), "--port", str(port), "--db", db_url,
-               "--delay", str(delay)]
+        cmd = [
+            sys.executable,
+            str(HERE / "fake_server.py"),
+            "--port",
+            str(port),
+            "--db",
+            db_url,
+            "--delay",
+            str(delay),
+        ]
         if not log_prompts:
             cmd.append("--no-log-prompts")
     log = open(tmp / "server.log", "wb")  # noqa: SIM115

@@ -54,7 +54,10 @@ def create_app(db_url: str, delay: float = 0.02, log_prompts: bool = True) -> Fa
 
     @app.get("/v1/models")
     def models():
-        return {"object": "list", "data": [{"id": MODEL, "object": "model", "created": 0, "owned_by": "test"}]}
+        return {
+            "object": "list",
+            "data": [{"id": MODEL, "object": "model", "created": 0, "owned_by": "test"}],
+        }
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
@@ -70,10 +73,16 @@ def create_app(db_url: str, delay: float = 0.02, log_prompts: bool = True) -> Fa
         def record(out: list[str], finish: str, t_first: float | None) -> None:
             store.record_completion(
                 {
-                    "id": cid, "created": created, "model": MODEL, "endpoint": "chat.completions",
-                    "request": body, "output": ["".join(out)], "finish_reasons": [finish],
+                    "id": cid,
+                    "created": created,
+                    "model": MODEL,
+                    "endpoint": "chat.completions",
+                    "request": body,
+                    "output": ["".join(out)],
+                    "finish_reasons": [finish],
                     "prompt_tokens": sum(len(str(m.get("content", "")).split()) for m in body["messages"]),
-                    "completion_tokens": len(out), "latency_ms": (time.time() - created) * 1000,
+                    "completion_tokens": len(out),
+                    "latency_ms": (time.time() - created) * 1000,
                     "ttft_ms": None if t_first is None else (t_first - created) * 1000,
                     "user": body.get("user"),
                 }
@@ -82,9 +91,17 @@ def create_app(db_url: str, delay: float = 0.02, log_prompts: bool = True) -> Fa
         if not body.get("stream"):
             record(words, "length", time.time())
             return {
-                "id": cid, "object": "chat.completion", "created": int(created), "model": MODEL,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(words)},
-                             "finish_reason": "length"}],
+                "id": cid,
+                "object": "chat.completion",
+                "created": int(created),
+                "model": MODEL,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": "".join(words)},
+                        "finish_reason": "length",
+                    }
+                ],
                 "usage": {"prompt_tokens": 0, "completion_tokens": len(words), "total_tokens": len(words)},
             }
 
@@ -97,13 +114,22 @@ def create_app(db_url: str, delay: float = 0.02, log_prompts: bool = True) -> Fa
                     await asyncio.sleep(delay)
                     t_first = t_first or time.time()
                     out.append(w)
-                    chunk = {"id": cid, "object": "chat.completion.chunk", "created": int(created),
-                             "model": MODEL, "choices": [{"index": 0, "delta": {"content": w},
-                                                          "finish_reason": None}]}
+                    chunk = {
+                        "id": cid,
+                        "object": "chat.completion.chunk",
+                        "created": int(created),
+                        "model": MODEL,
+                        "choices": [{"index": 0, "delta": {"content": w}, "finish_reason": None}],
+                    }
                     yield f"data: {json.dumps(chunk)}\n\n"
                 finish = "length"
-                last = {"id": cid, "object": "chat.completion.chunk", "created": int(created), "model": MODEL,
-                        "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]}
+                last = {
+                    "id": cid,
+                    "object": "chat.completion.chunk",
+                    "created": int(created),
+                    "model": MODEL,
+                    "choices": [{"index": 0, "delta": {}, "finish_reason": finish}],
+                }
                 if "sources" in str(body["messages"][-1].get("content", "")):  # the retrieval issue adds this
                     last["sources"] = [{"title": "Doc A", "id": "a"}, {"title": "Doc B", "id": "b"}]
                 record(out, finish, t_first)  # queued before the last bytes: a 2xx stream is in the store
@@ -126,5 +152,7 @@ if __name__ == "__main__":
     p.add_argument("--no-log-prompts", action="store_true")
     a = p.parse_args()
     app = create_app(a.db, a.delay, log_prompts=not a.no_log_prompts)
-    config = uvicorn.Config(app, host="127.0.0.1", port=a.port, log_level="warning", timeout_graceful_shutdown=10)
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=a.port, log_level="warning", timeout_graceful_shutdown=10
+    )
     ExitZeroServer(config).run()  # SIGTERM: drain, close the store, exit 0

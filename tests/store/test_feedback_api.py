@@ -15,7 +15,9 @@ def client(tmp_path, monkeypatch):
 
 
 def completion_id(client) -> str:
-    r = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3})
+    r = client.post(
+        "/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
+    )
     assert r.status_code == 200
     return r.json()["id"]
 
@@ -57,8 +59,12 @@ def test_bad_feedback_is_a_400_and_nothing_is_written(client, body, param):
 
 
 def test_malformed_json_and_oversized_body_are_400(client):
-    assert_openai_400(client.post("/v1/feedback", content=b"{not json", headers={"content-type": "application/json"}))
-    assert_openai_400(client.post("/v1/feedback", content=b"\xff\xfe", headers={"content-type": "application/json"}))
+    assert_openai_400(
+        client.post("/v1/feedback", content=b"{not json", headers={"content-type": "application/json"})
+    )
+    assert_openai_400(
+        client.post("/v1/feedback", content=b"\xff\xfe", headers={"content-type": "application/json"})
+    )
     assert_openai_400(client.post("/v1/feedback", json=[1, 2]))
     assert_openai_400(client.post("/v1/feedback", content=b"{" + b" " * 70000 + b"}"))
     assert client.app.state.store.counts()["feedback"] == 0

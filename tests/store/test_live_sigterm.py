@@ -16,8 +16,12 @@ def client_loop(url: str, k: int, stop: threading.Event, done: list, rated: list
         i = 0
         while not stop.is_set():
             i += 1
-            body = {"messages": [{"role": "user", "content": f"client {k} turn {i}"}], "max_tokens": 12,
-                    "stream": True, "temperature": 0}
+            body = {
+                "messages": [{"role": "user", "content": f"client {k} turn {i}"}],
+                "max_tokens": 12,
+                "stream": True,
+                "temperature": 0,
+            }
             try:
                 cid, finished = None, False
                 with http.stream("POST", "/v1/chat/completions", json=body) as r:
@@ -32,7 +36,9 @@ def client_loop(url: str, k: int, stop: threading.Event, done: list, rated: list
                     return
                 done.append(cid)
                 rating = 1 if (k + i) % 2 else -1
-                r = http.post("/v1/feedback", json={"completion_id": cid, "rating": rating, "comment": f"c{k}"})
+                r = http.post(
+                    "/v1/feedback", json={"completion_id": cid, "rating": rating, "comment": f"c{k}"}
+                )
                 if r.status_code == 200:
                     rated.append((cid, rating))
             except httpx.TransportError:

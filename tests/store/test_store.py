@@ -12,11 +12,22 @@ from fornalha.serve.store import Store, StoreError, UnknownCompletion, current_r
 
 def record(i: int | str, **kw) -> dict:
     base = {
-        "id": f"cmpl-{i}", "created": 1.0, "model": "m", "endpoint": "chat.completions",
-        "request": {"messages": [{"role": "user", "content": f"secret prompt {i}"}], "temperature": 0.3,
-                    "max_tokens": 8},
-        "output": [f"secret answer {i}"], "finish_reasons": ["stop"], "prompt_tokens": 5,
-        "completion_tokens": 3, "latency_ms": 12.5, "ttft_ms": 4.0, "user": "ana",
+        "id": f"cmpl-{i}",
+        "created": 1.0,
+        "model": "m",
+        "endpoint": "chat.completions",
+        "request": {
+            "messages": [{"role": "user", "content": f"secret prompt {i}"}],
+            "temperature": 0.3,
+            "max_tokens": 8,
+        },
+        "output": [f"secret answer {i}"],
+        "finish_reasons": ["stop"],
+        "prompt_tokens": 5,
+        "completion_tokens": 3,
+        "latency_ms": 12.5,
+        "ttft_ms": 4.0,
+        "user": "ana",
     }
     base.update(kw)
     return base
@@ -38,7 +49,9 @@ def test_sqlite_is_in_wal_mode_and_at_head(db_url):
 def test_round_trip_and_feedback(db_url):
     store = Store(db_url)
     store.record_completion(record(1))
-    fb = store.record_feedback("cmpl-1", -1, "too long", user="ana", correction="shorter")  # waits for the queue
+    fb = store.record_feedback(
+        "cmpl-1", -1, "too long", user="ana", correction="shorter"
+    )  # waits for the queue
     got = store.get_completion("cmpl-1")
     assert got["request"]["messages"][0]["content"] == "secret prompt 1"
     assert got["output"] == ["secret answer 1"] and got["params"] == {"temperature": 0.3, "max_tokens": 8}
@@ -142,7 +155,10 @@ def test_upgrade_from_empty_and_from_previous_revision(tmp_path):
     store = Store(old_url)  # runs `alembic upgrade head`
     assert current_revision(store.engine) == "0002"
     store.record_feedback("old-1", -1, correction="better")
-    assert [(r["rating"], r["correction"]) for r in store.list_feedback("old-1")] == [(1, None), (-1, "better")]
+    assert [(r["rating"], r["correction"]) for r in store.list_feedback("old-1")] == [
+        (1, None),
+        (-1, "better"),
+    ]
     names = {i["name"] for i in sa.inspect(store.engine).get_indexes("feedback")}
     assert "ix_feedback_completion_id" in names
     store.close()

@@ -19,7 +19,9 @@ def browser():
     from playwright.sync_api import sync_playwright
 
     if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} not found: install Debian's chromium (apt-get install -y chromium; .ci/run does)")
+        pytest.fail(
+            f"{CHROMIUM} not found: install Debian's chromium (apt-get install -y chromium; .ci/run does)"
+        )
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
         yield b
@@ -88,7 +90,10 @@ def test_chat_streams_stops_rates_and_the_rating_is_stored(live_server, browser,
         page.fill("#input", "sources please")
         page.press("#input", "Enter")
         page.wait_for_selector(".msg.assistant .sources li", timeout=20000)
-        assert page.locator(".msg.assistant >> nth=2 >> .sources li").all_text_contents() == ["Doc A", "Doc B"]
+        assert page.locator(".msg.assistant >> nth=2 >> .sources li").all_text_contents() == [
+            "Doc A",
+            "Doc B",
+        ]
 
     # 3. Phone width: the same conversation fits without horizontal scrolling.
     page.set_viewport_size({"width": 390, "height": 844})

@@ -63,10 +63,14 @@ async def post_feedback(request: Request):
     allowed = {"completion_id", "rating", "comment", "user", "correction"}
     unknown = sorted(set(body) - allowed)
     if unknown:
-        return error_response(f"unsupported parameter {unknown[0]!r}", param=unknown[0], code="unsupported_parameter")
+        return error_response(
+            f"unsupported parameter {unknown[0]!r}", param=unknown[0], code="unsupported_parameter"
+        )
     for name in ("completion_id", "rating"):
         if name not in body:
-            return error_response(f"missing required parameter {name!r}", param=name, code="missing_parameter")
+            return error_response(
+                f"missing required parameter {name!r}", param=name, code="missing_parameter"
+            )
     try:
         saved = await asyncio.to_thread(
             store.record_feedback,
