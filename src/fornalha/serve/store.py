@@ -20,6 +20,7 @@ never the messages, the prompt or the answer text.
 from __future__ import annotations
 
 import json
+import logging
 import queue
 import threading
 import time
@@ -39,6 +40,7 @@ BATCH_MAX = 256
 # Request keys that carry text a user typed; dropped when prompts are not logged.
 TEXT_KEYS = ("messages", "prompt", "input", "suffix")
 
+log = logging.getLogger(__name__)
 metadata = sa.MetaData()
 # The tables as the newest migration leaves them (the migrations are the source of truth for the schema;
 # these objects are only used to build statements).
@@ -208,10 +210,12 @@ class Store:
                 try:
                     with self.engine.begin() as conn:
                         conn.execute(completions.insert(), [row])
-                except sa.exc.SQLAlchemyError:
+                except sa.exc.SQLAlchemyError as exc:
                     self.write_errors += 1
-        except sa.exc.SQLAlchemyError:
+                    log.error("store: completion %s not written: %s", row["id"], exc)
+        except sa.exc.SQLAlchemyError as exc:
             self.write_errors += len(rows)
+            log.error("store: %d completions not written: %s", len(rows), exc)
         finally:
             with self._cond:
                 for row in rows:
