@@ -167,3 +167,15 @@ def test_upgrade_from_empty_and_from_previous_revision(tmp_path):
 def test_bad_url_is_a_store_error():
     with pytest.raises(StoreError):
         Store("not a url")
+
+
+def test_a_duplicate_id_does_not_lose_the_rest_of_its_batch(db_url):
+    store = Store(db_url)
+    store.record_completion(record(1))
+    store.close()
+    store = Store(db_url)
+    for rec in (record(2), record(1), record(3)):  # likely one batch; the duplicate fails alone
+        store.record_completion(rec)
+    store.close()
+    assert store.write_errors == 1
+    assert Store(db_url).counts()["completions"] == 3
