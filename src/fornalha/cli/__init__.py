@@ -35,9 +35,9 @@ app = typer.Typer(
 
 
 def _register_all() -> None:
-    from fornalha.cli import data, evaluate, infer, interop, pipeline, tokenizer, train
+    from fornalha.cli import data, evaluate, infer, interop, pipeline, recommend, tokenizer, train
 
-    for module in (data, tokenizer, train, evaluate, pipeline, infer, interop):
+    for module in (data, tokenizer, train, evaluate, pipeline, infer, interop, recommend):
         module.register(app)
 
 
