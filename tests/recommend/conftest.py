@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -33,3 +35,29 @@ def planted(tmp_path: Path) -> Path:
     p = tmp_path / "ratings.dat"
     write_planted(p)
     return p
+
+
+TINY = [
+    "model.n_layer=1", "model.n_head=2", "model.n_embd=32", "model.block_size=16", "model.dropout=0.0",
+    "train.batch_size=32", "train.max_steps=150", "train.eval_interval=50", "train.lr=0.01",
+    "train.progress=false", "train.patience=null",
+]  # fmt: skip
+
+
+def fornalha(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        [sys.executable, "-m", "fornalha.cli", *args], capture_output=True, text=True, timeout=300
+    )
+    if check:
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("rec")
+    write_planted(root / "ratings.dat")
+    fornalha("recommend", "prepare", "--ratings", str(root / "ratings.dat"), "--out", str(root / "data"))
+    sets = [a for s in TINY for a in ("--set", s)]
+    fornalha("recommend", "train", "--data", str(root / "data"), "--out", str(root / "run"), *sets)
+    return root / "run", root / "data"

@@ -5,38 +5,8 @@ Needs the train branch's Task interface (`fornalha.train.trainer.train(..., task
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
-import pytest
-
-from tests.recommend.conftest import write_planted
-
-TINY = [
-    "model.n_layer=1", "model.n_head=2", "model.n_embd=32", "model.block_size=16", "model.dropout=0.0",
-    "train.batch_size=32", "train.max_steps=150", "train.eval_interval=50", "train.lr=0.01",
-    "train.progress=false", "train.patience=null",
-]  # fmt: skip
-
-
-def fornalha(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(
-        [sys.executable, "-m", "fornalha.cli", *args], capture_output=True, text=True, timeout=300
-    )
-    if check:
-        assert proc.returncode == 0, proc.stderr[-2000:]
-    return proc
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("rec")
-    write_planted(root / "ratings.dat")
-    fornalha("recommend", "prepare", "--ratings", str(root / "ratings.dat"), "--out", str(root / "data"))
-    sets = [a for s in TINY for a in ("--set", s)]
-    fornalha("recommend", "train", "--data", str(root / "data"), "--out", str(root / "run"), *sets)
-    return root / "run", root / "data"
+from tests.recommend.conftest import fornalha, write_planted
 
 
 def test_learns_the_planted_rule(trained):
@@ -55,7 +25,9 @@ def test_learns_the_planted_rule(trained):
 
 def test_eval_json_and_baselines(trained):
     run, data = trained
-    res = json.loads(fornalha("recommend", "eval", "--run", str(run), "--data", str(data)).stdout.splitlines()[-1])
+    res = json.loads(
+        fornalha("recommend", "eval", "--run", str(run), "--data", str(data)).stdout.splitlines()[-1]
+    )
     for key in ("users", "hr@10", "ndcg@10", "popularity_hr@10", "popularity_ndcg@10", "itemknn_ndcg@10",
                 "als_ndcg@10", "hr@5", "ndcg@20"):  # fmt: skip
         assert key in res
@@ -73,7 +45,11 @@ def test_eval_on_new_users_with_vocab_from(trained, tmp_path):
                     "--out", str(tmp_path / "d2"))  # fmt: skip
     man = json.loads(proc.stdout.splitlines()[-1])
     assert man["dropped"]["unknown_items"] == 1
-    res = json.loads(fornalha("recommend", "eval", "--run", str(run), "--data", str(tmp_path / "d2")).stdout.splitlines()[-1])
+    res = json.loads(
+        fornalha("recommend", "eval", "--run", str(run), "--data", str(tmp_path / "d2")).stdout.splitlines()[
+            -1
+        ]
+    )
     assert res["users"] == 40 and res["ndcg@10"] > res["popularity_ndcg@10"]
 
 

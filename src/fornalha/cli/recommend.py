@@ -22,7 +22,9 @@ def prepare_command(
     fmt: Annotated[
         str, typer.Option("--format", help="movietweetings | movielens (user::item::rating::ts) | csv.")
     ] = "movietweetings",
-    min_interactions: Annotated[int, typer.Option("--min-interactions", help="Keep users with this many.")] = 5,
+    min_interactions: Annotated[
+        int, typer.Option("--min-interactions", help="Keep users with this many.")
+    ] = 5,
     vocab_from: Annotated[
         Path | None, typer.Option("--vocab-from", help="Use this run's item vocabulary (new users).")
     ] = None,
@@ -34,7 +36,9 @@ def prepare_command(
     """
     from fornalha.recommend.data import prepare
 
-    man = prepare(ratings, out, items_file=items, fmt=fmt, min_interactions=min_interactions, vocab_from=vocab_from)
+    man = prepare(
+        ratings, out, items_file=items, fmt=fmt, min_interactions=min_interactions, vocab_from=vocab_from
+    )
     typer.echo(
         f"{man['users']} users, {man['items']} items, {man['interactions']} interactions "
         f"(dropped: {man['dropped']}) -> {out}"
@@ -47,7 +51,9 @@ def train_command(
     data: Annotated[Path, typer.Option("--data", help="Folder written by `recommend prepare`.")],
     out: Annotated[Path, typer.Option("--out", help="Run folder to write.")],
     preset: Annotated[str, typer.Option("--preset", help="tiny | small.")] = "tiny",
-    sets: Annotated[list[str] | None, typer.Option("--set", help="Override a config key (repeatable).")] = None,
+    sets: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a config key (repeatable).")
+    ] = None,
     time_budget: Annotated[float | None, typer.Option("--time-budget", help="Wall-clock minutes.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out.")] = False,
 ) -> None:

@@ -19,7 +19,9 @@ import torch
 def interaction_matrix(histories: list[list[int]], vocab_size: int) -> sp.csr_matrix:
     """Binary users × tokens matrix (column 0, padding, stays empty)."""
     rows = np.repeat(np.arange(len(histories)), [len(set(h)) for h in histories])
-    cols = np.concatenate([np.fromiter(sorted(set(h)), dtype=np.int64) for h in histories]) if histories else []
+    cols = (
+        np.concatenate([np.fromiter(sorted(set(h)), dtype=np.int64) for h in histories]) if histories else []
+    )
     data = np.ones(len(rows), dtype=np.float32)
     return sp.csr_matrix((data, (rows, cols)), shape=(len(histories), vocab_size), dtype=np.float32)
 

@@ -90,7 +90,9 @@ def read_interactions(path: Path, fmt: str) -> list[tuple[str, str, float]]:
                         continue
                     parts = line.rstrip("\n").split("::")
                     if len(parts) != 4:
-                        raise DataError(f"{path}:{n}: expected user::item::rating::timestamp, got {line[:80]!r}")
+                        raise DataError(
+                            f"{path}:{n}: expected user::item::rating::timestamp, got {line[:80]!r}"
+                        )
                     rows.append((parts[0], parts[1], _ts(parts[3], path, n)))
     except UnicodeDecodeError as exc:
         raise DataError(f"{path} is not UTF-8 text: {exc}") from None
@@ -145,11 +147,8 @@ def prepare(
     """Write DATA_DIR (see the module docstring); returns the manifest."""
     if min_interactions < 3:
         raise DataError("--min-interactions must be at least 3 (train, validation and test items)")
-    if (out / "manifest.json").exists() or (out.exists() and any(out.iterdir())):
-        if not (out / "manifest.json").is_file() or json.loads((out / "manifest.json").read_text()).get(
-            "format"
-        ) != "fornalha-recsys-data":
-            raise DataError(f"--out {out} exists and is not a recommend data folder; choose another")
+    if out.exists() and any(out.iterdir()) and not _is_recsys_data(out):  # never overwrite others' files
+        raise DataError(f"--out {out} exists and is not a recommend data folder; choose another")
     rows = read_interactions(ratings, fmt)
     order = sorted(range(len(rows)), key=lambda i: (rows[i][2], i))  # time, then file order
     by_user: dict[str, list[str]] = {}
@@ -207,6 +206,11 @@ def prepare(
     return manifest
 
 
+def _is_recsys_data(path: Path) -> bool:
+    man = path / "manifest.json"
+    return man.is_file() and json.loads(man.read_text()).get("format") == "fornalha-recsys-data"
+
+
 def _user_key(u: str) -> tuple[int, str]:
     return (0, f"{int(u):020d}") if u.isdigit() else (1, u)
 
@@ -229,7 +233,9 @@ def load_data(data_dir: Path) -> RecData:
     data_dir = Path(data_dir)
     man = data_dir / "manifest.json"
     if not man.is_file() or json.loads(man.read_text()).get("format") != "fornalha-recsys-data":
-        raise DataError(f"{data_dir} is not a prepared recommend data folder (run `fornalha recommend prepare`)")
+        raise DataError(
+            f"{data_dir} is not a prepared recommend data folder (run `fornalha recommend prepare`)"
+        )
     vocab = load_vocab(data_dir)
     users, seqs = [], []
     with open(data_dir / "sequences.jsonl") as f:

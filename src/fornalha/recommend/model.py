@@ -54,7 +54,9 @@ def preset_overrides(name: str) -> list[str]:
 
 
 @torch.no_grad()
-def score_histories(model: torch.nn.Module, histories: list[list[int]], batch_size: int = 256) -> torch.Tensor:
+def score_histories(
+    model: torch.nn.Module, histories: list[list[int]], batch_size: int = 256
+) -> torch.Tensor:
     """[U, V] next-item logits for each history (the last block_size items of it), on the CPU."""
     block = model.config.block_size
     device = next(model.parameters()).device
@@ -104,8 +106,12 @@ def recommend_task(data: RecData, cfg, data_dir: Path, max_eval_users: int = 300
         best_mode="max",
         vocab_size=data.vocab_size,
         extra_files={
-            "items.json": {"format": "fornalha-items", "items": data.items, "titles": data.titles,
-                           "genres": data.genres},
+            "items.json": {
+                "format": "fornalha-items",
+                "items": data.items,
+                "titles": data.titles,
+                "genres": data.genres,
+            },
             "recommend.json": {"data": str(data_dir), "users": len(data.users), "eval_users": len(val_hist)},
         },  # fmt: skip
     )
