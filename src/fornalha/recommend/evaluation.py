@@ -1,0 +1,68 @@
+"""`recommend eval`: the model and the three baselines ranked on the same users, same targets.
+
+For every user of DATA_DIR: history = training items + validation item, target = test item,
+candidates = every item the user does not already have. The baselines are fitted on exactly
+those histories (no test item), so all four see the same information.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from fornalha.recommend.baselines import BASELINES
+from fornalha.recommend.data import load_data, load_vocab, split_leave_one_out
+from fornalha.recommend.metrics import KS
+from fornalha.recommend.model import ranking_metrics, score_histories
+
+
+def evaluate_run(run_dir: Path, data_dir: Path, k: int = 10, chunk: int = 1024, say=print) -> dict:
+    """The eval JSON: users, the model's hr@K/ndcg@K and each baseline's, for K in 5, 10, 20 (and k)."""
+    from fornalha.checkpoint import load_model
+    from fornalha.errors import DataError
+
+    data = load_data(data_dir)
+    run_items = load_vocab(run_dir)["items"]
+    if run_items != data.items:
+        raise DataError(
+            f"{data_dir} was prepared with another item vocabulary than {run_dir}; "
+            f"prepare it with --vocab-from {run_dir}"
+        )
+    model, meta = load_model(run_dir)
+    splits = [split_leave_one_out(s) for s in data.sequences]
+    hist = [h + [v] for h, v, _ in splits]
+    targets = [t for _, _, t in splits]
+    ks = tuple(sorted(set(KS) | {k}))
+
+    def metrics_of(scorer) -> dict[str, float]:
+        sums: dict[str, float] = {}
+        for i in range(0, len(hist), chunk):
+            m = ranking_metrics(scorer(hist[i : i + chunk]), hist[i : i + chunk], targets[i : i + chunk], ks)
+            for key, val in m.items():
+                sums[key] = sums.get(key, 0.0) + val * len(hist[i : i + chunk])
+        return {key: val / len(hist) for key, val in sums.items()}
+
+    result: dict = {"users": len(hist), "items": len(data.items), "run": str(run_dir), "data": str(data_dir),
+                    "step": meta.get("step")}  # fmt: skip
+    t0 = time.perf_counter()
+    result.update(metrics_of(lambda h: score_histories(model, h)))
+    result["model_s"] = round(time.perf_counter() - t0, 2)
+    for cls in BASELINES:
+        t0 = time.perf_counter()
+        base = cls(hist, data.vocab_size)
+        result.update({f"{cls.name}_{key}": val for key, val in metrics_of(base.scores).items()})
+        result[f"{cls.name}_s"] = round(time.perf_counter() - t0, 2)
+    best = max(result[f"{c.name}_ndcg@10"] for c in BASELINES)
+    result["best_baseline_ndcg@10"] = best
+    result["ndcg@10_vs_best_baseline"] = result["ndcg@10"] / best if best > 0 else None
+    return result
+
+
+def table(result: dict, k: int = 10) -> list[list[str]]:
+    """Rows for a printed table: one per method, HR and NDCG at each K."""
+    ks = tuple(sorted(set(KS) | {k}))
+    rows = []
+    for name, prefix in (("GPT (sequential)", ""), ("popularity", "popularity_"), ("item-kNN", "itemknn_"),
+                         ("ALS (implicit)", "als_")):  # fmt: skip
+        rows.append([name] + [f"{result[f'{prefix}{m}@{kk}']:.4f}" for kk in ks for m in ("hr", "ndcg")])
+    return rows
