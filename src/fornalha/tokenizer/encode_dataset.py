@@ -131,7 +131,9 @@ def tokenize_dataset(
     stage = owned.staging()  # shards are written here, then published with index.json last
     try:
         shutil.copytree(tokenizer_dir, stage / "tokenizer")
-        index = _write_shards(dataset_dir, splits, tokenizer, stage, keys, shard_tokens, num_threads, progress)
+        index = _write_shards(
+            dataset_dir, splits, tokenizer, stage, keys, shard_tokens, num_threads, progress
+        )
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
