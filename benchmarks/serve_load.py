@@ -167,6 +167,9 @@ def load_level(url: str, model: str, clients: int, args, pid: int) -> dict:
 
 
 def run_levels(name: str, url: str, model: str, levels: list[int], args, pid: int) -> dict[int, dict]:
+    load_level(
+        url, model, 1, argparse.Namespace(**{**vars(args), "requests": 1}), pid
+    )  # warm-up, not counted
     res = {}
     for n in levels:
         r = load_level(url, model, n, args, pid)

@@ -23,6 +23,7 @@ import base64
 import json
 import time
 import uuid
+import weakref
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -345,6 +346,13 @@ def create_app(
             body["usage"] = usage()
             return JSONResponse(body)
 
+        released = []
+
+        def release_once() -> None:
+            if not released:
+                released.append(True)
+                runner.release(len(jobs))
+
         async def sse() -> AsyncIterator[str]:
             try:
                 for chunk in first_chunks:
@@ -362,9 +370,15 @@ def create_app(
             except RequestTimeout as exc:
                 yield f"data: {json.dumps(error_body(408, str(exc), None, 'timeout'))}\n\n"
             finally:
-                runner.release(len(jobs))
+                release_once()
 
-        return StreamingResponse(sse(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        stream_body = sse()
+        # A client gone before the body starts: the generator never runs its `finally`; the
+        # finalizer gives the reservation back when the generator is collected.
+        weakref.finalize(stream_body, release_once)
+        return StreamingResponse(
+            stream_body, media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+        )
 
     # ---- routes -------------------------------------------------------------------------------
     def model_card() -> dict[str, Any]:
