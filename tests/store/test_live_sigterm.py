@@ -13,10 +13,12 @@ from fornalha.serve.store import Store
 
 def client_loop(url: str, k: int, stop: threading.Event, done: list, rated: list) -> None:
     with httpx.Client(base_url=url, timeout=30) as http:
+        model = http.get("/v1/models").json()["data"][0]["id"]
         i = 0
         while not stop.is_set():
             i += 1
             body = {
+                "model": model,
                 "messages": [{"role": "user", "content": f"client {k} turn {i}"}],
                 "max_tokens": 12,
                 "stream": True,

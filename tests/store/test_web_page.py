@@ -41,6 +41,7 @@ def test_chat_streams_stops_rates_and_the_rating_is_stored(live_server, browser,
     page.wait_for_function("document.getElementById('model-name').textContent !== '…'")
     assert "no model" not in page.text_content("#model-name")
     page.fill("#system", "You are terse.")
+    page.fill("#temperature", "0")  # greedy: the tiny random model's answer runs to max_tokens
 
     # 1. A long answer streams in (its text grows while we watch), then Stop aborts it.
     page.fill("#max-tokens", "400")

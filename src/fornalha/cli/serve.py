@@ -58,7 +58,19 @@ def serve_command(
     ] = 30.0,
     db: Annotated[
         str | None,
-        _opt("--db", "FORNALHA_DB", "Store completions in this SQLAlchemy URL (needs fornalha.serve.store)."),
+        _opt(
+            "--db",
+            "FORNALHA_DB",
+            "SQLAlchemy URL of the store of completions and ratings (default: sqlite:///RUN/serve.db).",
+        ),
+    ] = None,
+    recommender: Annotated[
+        Path | None,
+        _opt(
+            "--recommender",
+            "FORNALHA_RECOMMENDER",
+            "A `fornalha recommend train` run: adds POST /v1/recommendations.",
+        ),
     ] = None,
     no_log_prompts: Annotated[
         bool, _opt("--no-log-prompts", "FORNALHA_NO_LOG_PROMPTS", "Store only metadata, not texts.")
@@ -76,21 +88,26 @@ def serve_command(
     if not 0 < port < 65536:
         raise ConfigError(f"--port must be in 1..65535, got {port}")
     keys = load_keys(api_keys_file)
-    store = None
-    if db is not None:
-        try:
-            from fornalha.serve.store import Store  # type: ignore[import-not-found]
-        except ImportError as exc:
-            raise FornalhaError(
-                f"--db needs fornalha.serve.store, which is not available here ({exc})"
-            ) from None
-        store = Store(db, log_prompts=not no_log_prompts)
+    from fornalha.serve import web
+    from fornalha.serve.store import Store
+
+    rec = None
+    if recommender is not None:
+        from fornalha.recommend.recommender import Recommender
+
+        rec = Recommender(recommender)
     engine, tokenizer = _load_engine(run, "best", device, "auto", max_batch)
+    store = Store(db or f"sqlite:///{run.resolve() / 'serve.db'}", log_prompts=not no_log_prompts)
     name = model_name or run.resolve().name
     app = create_app(
         engine, tokenizer, model_name=name, api_keys=keys, rate_limit=rate_limit, rate_burst=rate_burst,
         max_queue=max_queue, request_timeout=request_timeout, store=store,
     )  # fmt: skip
+    app.state.extra_routers.append(web.router)  # GET / (the chat page) and POST /v1/feedback
+    if rec is not None:
+        from fornalha.recommend.api import build_router
+
+        app.state.extra_routers.append(build_router(rec))
 
     class Server(uvicorn.Server):
         """uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown; a drained server exits 0."""

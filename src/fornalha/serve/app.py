@@ -364,12 +364,18 @@ def create_app(
                         yield f"data: {json.dumps(chunk)}\n\n"
                 if include_usage:
                     yield f"data: {json.dumps(usage_chunk(usage()))}\n\n"
-                yield "data: [DONE]\n\n"
                 observe(choices, prompt_tokens, start)
+                # recorded before [DONE]: a rating posted right after the stream finds its completion
                 record(kind, rid, req, choices, prompt_tokens, start, state["ttft"], req.user)
+                state["recorded"] = True
+                yield "data: [DONE]\n\n"
             except RequestTimeout as exc:
                 yield f"data: {json.dumps(error_body(408, str(exc), None, 'timeout'))}\n\n"
             finally:
+                if not state.get("recorded"):  # stopped by the client: kept, so it can still be rated
+                    for c in choices:
+                        c.finish_reason = c.finish_reason or "abort"
+                    record(kind, rid, req, choices, prompt_tokens, start, state["ttft"], req.user)
                 release_once()
 
         stream_body = sse()

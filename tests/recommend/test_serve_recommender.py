@@ -1,12 +1,11 @@
 """The recommender through `fornalha serve --run LM --recommender REC` (the serve helper's CLI).
 
-Not collected yet (the file name does not start with test_): the lead renames it to
-test_serve_recommender.py when the serve branch, which owns `fornalha serve`, is merged with this one.
-It needs an LM run too; `lm_run` builds the smallest one the pipeline makes.
+It needs a language-model run too; `lm_run` is a tiny random one (the recommender does not use it).
 """
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -14,16 +13,13 @@ import time
 
 import httpx
 import pytest
-from tests.recommend.conftest import fornalha
+from tests.store.conftest import tiny_run
 
 
 @pytest.fixture(scope="module")
 def lm_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("lm")
-    (root / "t.txt").write_text(("the quick brown fox jumps over the lazy dog. " * 400) + "\n")
-    fornalha("pipeline", "--preset", "tiny", "--source", str(root / "t.txt"), "--split", "tail", "--minutes", "1",
-             "--set", "train.max_steps=5", "--set", "train.progress=false", "--out", str(root / "run"))  # fmt: skip
-    return root / "run"
+    """The smallest language-model run the server accepts (random weights, char tokenizer)."""
+    return tiny_run(tmp_path_factory.mktemp("lm"))
 
 
 def test_serve_with_recommender(lm_run, trained):
@@ -31,7 +27,7 @@ def test_serve_with_recommender(lm_run, trained):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = subprocess.Popen([sys.executable, "-m", "fornalha.cli", "serve", "--run", str(lm_run), "--recommender",
-                             str(trained[0]), "--host", "127.0.0.1", "--port", str(port)])  # fmt: skip
+                             str(trained[0]), "--host", "127.0.0.1", "--port", str(port)], env={**os.environ, "FORNALHA_NO_KERNELS": "1"})  # fmt: skip
     try:
         url = f"http://127.0.0.1:{port}/v1/recommendations"
         deadline = time.time() + 120
