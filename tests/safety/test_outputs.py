@@ -206,13 +206,3 @@ def test_error_comes_first_on_stderr_not_the_device_line(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.splitlines()[0].startswith("error:") and "not a run folder" in proc.stderr
     assert "device:" not in proc.stderr  # held back, and dropped because the command failed first
-
-
-def test_undecodable_jsonl_input_is_a_one_line_data_error(tmp_path):
-    from fornalha.errors import DataError
-    from fornalha.jsonl import read_objects
-
-    bad = tmp_path / "hellaswag.jsonl"
-    bad.write_bytes(b'{"ctx": "ok", "endings": ["a", "b"], "label": 0}\n{"ctx": "caf\xe9"}\n')
-    with pytest.raises(DataError, match=r"not UTF-8 text \(undecodable byte 0xe9\)"):
-        read_objects(bad)

@@ -42,7 +42,17 @@ def load_manifest(dataset_dir: str | Path) -> dict[str, Any]:
 def _split_info(dataset_dir: str | Path, split: str) -> dict[str, Any]:
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}: use one of {', '.join(SPLITS)}")
-    return load_manifest(dataset_dir)["splits"][split]
+    manifest = load_manifest(dataset_dir)
+    info = manifest.get("splits", {}).get(split) if isinstance(manifest.get("splits"), dict) else None
+    shards = info.get("shards") if isinstance(info, dict) else None
+    if not isinstance(shards, list) or not all(
+        isinstance(s, dict) and isinstance(s.get("file"), str) for s in shards
+    ):
+        raise DataError(
+            f"{Path(dataset_dir) / 'manifest.json'} has no valid {split!r} split (wrong types or missing keys); "
+            "prepare the dataset again with `fornalha data prepare`"
+        )
+    return info
 
 
 def iter_records(dataset_dir: str | Path, split: str = "train") -> Iterator[dict[str, str]]:
