@@ -206,3 +206,19 @@ def test_error_comes_first_on_stderr_not_the_device_line(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.splitlines()[0].startswith("error:") and "not a run folder" in proc.stderr
     assert "device:" not in proc.stderr  # held back, and dropped because the command failed first
+
+
+def test_tokenizer_train_and_data_tokenize_refuse_the_dataset_folder(tmp_path, source):
+    from fornalha.data.prepare import PrepareConfig, SourceEntry, prepare
+
+    ds = tmp_path / "ds"
+    prepare(PrepareConfig(sources=[SourceEntry(source=str(source))]), ds, workers=1)
+    before = sorted(p.relative_to(ds).as_posix() for p in ds.rglob("*"))
+    proc = fornalha("tokenizer", "train", "--data", str(ds), "--out", str(ds), "--vocab-size", "300")
+    assert (
+        proc.returncode == 2
+        and "`fornalha data prepare`, not of `fornalha tokenizer train`" in error_line(proc)
+    )
+    proc = fornalha("data", "tokenize", "--data", str(ds), "--tokenizer", str(ds), "--out", str(ds))
+    assert proc.returncode == 2 and "error:" in error_line(proc), proc.stderr
+    assert sorted(p.relative_to(ds).as_posix() for p in ds.rglob("*")) == before
