@@ -208,11 +208,17 @@ def test_error_comes_first_on_stderr_not_the_device_line(tmp_path):
     assert "device:" not in proc.stderr  # held back, and dropped because the command failed first
 
 
-def test_undecodable_jsonl_input_is_a_one_line_data_error(tmp_path):
-    from fornalha.errors import DataError
-    from fornalha.jsonl import read_objects
+def test_tokenizer_train_and_data_tokenize_refuse_the_dataset_folder(tmp_path, source):
+    from fornalha.data.prepare import PrepareConfig, SourceEntry, prepare
 
-    bad = tmp_path / "hellaswag.jsonl"
-    bad.write_bytes(b'{"ctx": "ok", "endings": ["a", "b"], "label": 0}\n{"ctx": "caf\xe9"}\n')
-    with pytest.raises(DataError, match=r"not UTF-8 text \(undecodable byte 0xe9\)"):
-        read_objects(bad)
+    ds = tmp_path / "ds"
+    prepare(PrepareConfig(sources=[SourceEntry(source=str(source))]), ds, workers=1)
+    before = sorted(p.relative_to(ds).as_posix() for p in ds.rglob("*"))
+    proc = fornalha("tokenizer", "train", "--data", str(ds), "--out", str(ds), "--vocab-size", "300")
+    assert (
+        proc.returncode == 2
+        and "`fornalha data prepare`, not of `fornalha tokenizer train`" in error_line(proc)
+    )
+    proc = fornalha("data", "tokenize", "--data", str(ds), "--tokenizer", str(ds), "--out", str(ds))
+    assert proc.returncode == 2 and "error:" in error_line(proc), proc.stderr
+    assert sorted(p.relative_to(ds).as_posix() for p in ds.rglob("*")) == before

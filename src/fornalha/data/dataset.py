@@ -42,16 +42,26 @@ def load_manifest(dataset_dir: str | Path) -> dict[str, Any]:
 def _split_info(dataset_dir: str | Path, split: str) -> dict[str, Any]:
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}: use one of {', '.join(SPLITS)}")
-    splits = load_manifest(dataset_dir).get("splits", {})
-    if split not in splits:
+    manifest = load_manifest(dataset_dir)
+    splits = manifest.get("splits")
+    if isinstance(splits, dict) and split not in splits:
         raise DataError(f"dataset {dataset_dir} has no {split!r} split")
-    return splits[split]
+    info = splits.get(split) if isinstance(splits, dict) else None
+    shards = info.get("shards") if isinstance(info, dict) else None
+    if not isinstance(shards, list) or not all(
+        isinstance(s, dict) and isinstance(s.get("file"), str) for s in shards
+    ):
+        raise DataError(
+            f"{Path(dataset_dir) / 'manifest.json'} has no valid {split!r} split (wrong types or missing keys); "
+            "prepare the dataset again with `fornalha data prepare`"
+        )
+    return info
 
 
 def dataset_splits(dataset_dir: str | Path) -> list[str]:
     """The splits a prepared dataset has, in order (train first)."""
     splits = load_manifest(dataset_dir).get("splits", {})
-    return [s for s in SPLITS if s in splits]
+    return [s for s in SPLITS if isinstance(splits, dict) and s in splits]
 
 
 def iter_records(dataset_dir: str | Path, split: str = "train") -> Iterator[dict[str, str]]:
