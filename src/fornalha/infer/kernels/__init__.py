@@ -99,11 +99,11 @@ def decode_attention_kernel() -> Callable[..., torch.Tensor] | None:
         with contextlib.suppress(OSError):
             if time.time() - lock.stat().st_mtime > 600:
                 lock.unlink()
-    # Loading a built kernel takes milliseconds; anything longer is a compile (a first build, or a
-    # rebuild after the source, the flags or torch changed — a present .so does not say which), so
-    # the message is printed by a timer rather than guessed from the files.
+    # No built .so: a first build, said at once. Otherwise loading takes milliseconds, and anything
+    # longer is a rebuild (the source, the flags or torch changed), said by a timer.
+    first_build = build_dir is None or not (build_dir / f"{name}.so").exists()
     notice = threading.Timer(
-        0.5,
+        0.0 if first_build else 0.5,
         lambda: print(
             "fornalha: compiling the float16 decode-attention kernel (once for this CPU, ~25 s)…",
             file=sys.stderr,
@@ -111,7 +111,10 @@ def decode_attention_kernel() -> Callable[..., torch.Tensor] | None:
         ),
     )
     notice.daemon = True
-    notice.start()
+    if first_build:
+        notice.run()  # now, in this thread
+    else:
+        notice.start()
     try:
         module = cpp_extension.load(
             name=name,
