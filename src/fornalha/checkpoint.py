@@ -263,8 +263,11 @@ def load_model(
     """Build a GPT from a checkpoint (see resolve_checkpoint for `path` and `which`), in eval mode."""
     ckpt = resolve_checkpoint(path, which)
     state, meta = load_checkpoint(ckpt)
-    config = ModelConfig.from_dict(meta["model_config"])
-    model = GPT(config)
+    try:
+        config = ModelConfig.from_dict(meta["model_config"])
+        model = GPT(config)
+    except (KeyError, TypeError, ValueError) as exc:  # a meta.json with missing keys or wrong types
+        raise CheckpointError(f"{path}: meta.json has an invalid model_config ({exc})") from None
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not (config.tie_embeddings and k == "lm_head.weight")]
     if missing or unexpected:

@@ -65,3 +65,28 @@ def pick_device(requested: str = "auto", announce: bool = True) -> torch.device:
     if announce:
         _say(f"device: {dev}")
     return dev
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether bfloat16 matmuls run natively here (CUDA with bf16, or a CPU with AVX512-BF16/AMX or Arm BF16).
+
+    On other CPUs PyTorch emulates bfloat16, many times slower than float32."""
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return False
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = set(f.read().split())
+    except OSError:
+        return False
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def resolve_dtype(requested: str, device: torch.device) -> str:
+    """'auto' -> 'bfloat16' where it runs natively, else 'float32'; other names pass through."""
+    if requested != "auto":
+        return requested
+    return "bfloat16" if native_bf16(device) else "float32"

@@ -164,7 +164,9 @@ def claim(out: str | os.PathLike[str], command: str) -> Output:
         _clean_stale(path, legacy=True)
         return output
     _clean_stale(path, legacy=False)
-    others = sorted(p.name for p in path.iterdir() if p.name != MANIFEST)
+    # `data prepare --engine datatrove` may find its own work folder there (stage 1 run on a cluster first)
+    own_work = {".datatrove"} if command == "data prepare" else set()
+    others = sorted(p.name for p in path.iterdir() if p.name != MANIFEST and p.name not in own_work)
     if others:
         raise OutputError(
             f"--out {path} is not empty ({others[0]}{' …' if len(others) > 1 else ''}) and was not "

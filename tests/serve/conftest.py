@@ -8,7 +8,6 @@ import pytest
 
 # The float16 decode-attention kernel is compiled into a build folder shared by every checkout;
 # these tests measure the server, not the kernel, so they never wait on that build.
-os.environ.setdefault("FORNALHA_NO_KERNELS", "1")
 from serve_helpers import KEY, Server, make_run
 
 

@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from fornalha.checkpoint import load_model
 
 ARGS = [
-    "--set", "model.n_layer=2", "--set", "model.n_head=2", "--set", "model.n_embd=32",
+    "--set", "model.n_layer=2", "--set", "model.n_head=2", "--set", "model.n_embd=32", "--set", "model.mlp=relu2",
     "--set", "model.block_size=32", "--set", "train.batch_size=4", "--set", "train.dtype=float32",
     "--set", "train.max_steps=8", "--set", "train.eval_interval=4", "--set", "train.eval_batches=4",
     "--set", "train.samples=0", "--set", "train.log_interval=1", "--set", "train.progress=false",

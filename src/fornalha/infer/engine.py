@@ -372,7 +372,7 @@ class Engine:
             x = m.wte(idx)
             cos, sin = m.rope_cos[:T], m.rope_sin[:T]
             for block in m.blocks:
-                x, _ = block(x, cos, sin, None, None, False)
+                x = block(x, cos, sin)
             out.append(m.norm_f(x)[0].float().mean(0).tolist())
         return out
 

@@ -109,8 +109,10 @@ class TrainSection(BaseModel):
     decay: float = Field(0.3, ge=0, le=1, description="wsd: fraction of the run spent decaying")
     min_lr_ratio: float = Field(0.1, ge=0, le=1, description="final lr as a fraction of the peak")
     grad_clip: float = Field(1.0, ge=0, description="clip the global gradient norm; 0: off")
-    dtype: Literal["float32", "bfloat16"] = Field(
-        "float32", description="autocast dtype for matmuls (bfloat16 on GPU; measured on CPU, see README)"
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "float32",
+        description="autocast dtype for matmuls; auto = bfloat16 where it runs natively (GPU, AVX512-BF16/AMX CPUs), "
+        "else float32",
     )
     compile: bool = Field(False, description="torch.compile the model")
     eval_interval: int = Field(100, gt=0, description="evaluate every N steps (and at the end)")

@@ -237,6 +237,11 @@ def start_run(
         for name, obj in task.extra_files.items():
             _write_json(run_dir / name, obj)
 
+    if t.dtype == "auto":  # bfloat16 only where it runs natively; emulated it is many times slower
+        from fornalha.device import resolve_dtype
+
+        t = t.model_copy(update={"dtype": resolve_dtype("auto", device)})
+        cfg = cfg.model_copy(update={"train": t})
     clock = RunClock(t, state, agree=lambda flag: D.broadcast_flag(flag, dist, device))
     amp_dtype = torch.bfloat16 if t.dtype == "bfloat16" else torch.float32
     flops = raw_model.flops_per_token(cfg.seq_len)
