@@ -25,8 +25,8 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     import sys
 
     from fornalha.data.prepare import PrepareConfig, SourceEntry, prepare
-    from fornalha.tokenizer.encode_dataset import tokenize_dataset
     from fornalha.tokenizer import train_bpe
+    from fornalha.tokenizer.encode_dataset import tokenize_dataset
 
     root = tmp_path_factory.mktemp("errors")
     text = make_prose_text(1, 600) + "\n\n" + make_prose_text(2, 600)
@@ -81,7 +81,12 @@ def check_user_error(proc: subprocess.CompletedProcess[str], *words: str) -> Non
         assert word in errors[0], proc.stderr
 
 
-CHECKPOINT_DAMAGE = ["missing meta.json", "corrupt meta.json", "meta.json with wrong types", "truncated model.safetensors"]
+CHECKPOINT_DAMAGE = [
+    "missing meta.json",
+    "corrupt meta.json",
+    "meta.json with wrong types",
+    "truncated model.safetensors",
+]
 
 
 @pytest.mark.parametrize("kind", CHECKPOINT_DAMAGE)

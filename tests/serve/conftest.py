@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
-
-# The float16 decode-attention kernel is compiled into a build folder shared by every checkout;
-# these tests measure the server, not the kernel, so they never wait on that build.
 from serve_helpers import KEY, Server, make_run
 
 
