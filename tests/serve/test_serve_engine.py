@@ -20,7 +20,9 @@ def loaded(run_dir):
 
 
 def make(loaded, **kw) -> Engine:
+    """The engine as `fornalha serve` builds it: prefix caching on unless a test says otherwise."""
     model, tok = loaded
+    kw.setdefault("prefix_caching", True)
     return Engine(model, tok, max_batch_size=4, kv_cache=None, decode_weights=None, **kw)
 
 

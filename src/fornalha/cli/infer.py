@@ -49,6 +49,7 @@ def _load_engine(
     max_batch_size: int,
     compile: bool = False,
     kv_cache: str = "auto",
+    prefix_caching: bool = False,
 ):
     """(engine, tokenizer) for a run folder, on the requested device and precision."""
     import torch
@@ -74,6 +75,7 @@ def _load_engine(
     engine = Engine(
         model,
         tokenizer,
+        prefix_caching=prefix_caching,
         device=dev,
         dtype=dt,
         max_batch_size=max_batch_size,

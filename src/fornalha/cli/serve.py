@@ -96,7 +96,7 @@ def serve_command(
         from fornalha.recommend.recommender import Recommender
 
         rec = Recommender(recommender)
-    engine, tokenizer = _load_engine(run, "best", device, "auto", max_batch)
+    engine, tokenizer = _load_engine(run, "best", device, "auto", max_batch, prefix_caching=True)
     store = Store(db or f"sqlite:///{run.resolve() / 'serve.db'}", log_prompts=not no_log_prompts)
     name = model_name or run.resolve().name
     app = create_app(
