@@ -147,11 +147,12 @@ def test_kernel_switch_off(monkeypatch):
 
 
 def test_build_failure_and_stale_lock(monkeypatch, tmp_path, capsys):
-    """A build that fails (no compiler, …) gives None, the reason, and one line on stderr; a lock
-    file left by a killed build is removed when stale (else the build would wait on it forever),
-    a fresh one (a build running in another process) is left alone."""
+    """A build that fails (no compiler, …) gives None, the reason, and one line on stderr. torch's
+    own `lock` file left by a killed build is removed (else every later build waits on it forever,
+    which once hung CI); while another live process builds (it holds fornalha's flock) we wait."""
+    import fcntl
     import os
-    import time
+    import threading
 
     from torch.utils import cpp_extension
 
@@ -169,13 +170,27 @@ def test_build_failure_and_stale_lock(monkeypatch, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "compiling" in err and "unavailable" in err and "float32 KV cache" in err
 
-    lock = Path(cpp_extension._get_build_directory(f"fornalha_decode_attention_{kernels._cpu_tag()}", False))
-    lock = lock / "lock"
+    build_dir = Path(
+        cpp_extension._get_build_directory(f"fornalha_decode_attention_{kernels._cpu_tag()}", False)
+    )
+    lock = build_dir / "lock"
+    lock.touch()  # just written, as a build killed a second ago leaves it
+    assert build() is None and not lock.exists()
+    assert "left by a killed build" in capsys.readouterr().err
+
+    # Another builder holds the flock (its own open file: flock locks are per open file, so this
+    # conflicts even inside one process): we wait for it and leave its lock file alone meanwhile.
+    fd = os.open(build_dir / ".fornalha-build.lock", os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX)
     lock.touch()
-    assert build() is None and lock.exists()  # fresh: somebody is building
-    old = time.time() - 3600
-    os.utime(lock, (old, old))
-    assert build() is None and not lock.exists()  # stale: removed
+    waiter = threading.Thread(target=build)
+    waiter.start()
+    waiter.join(0.5)
+    assert waiter.is_alive() and lock.exists()
+    lock.unlink()  # the other build finishes, as torch does
+    os.close(fd)
+    waiter.join(10)
+    assert not waiter.is_alive()
     monkeypatch.setattr(kernels, "unavailable_reason", None)
 
 

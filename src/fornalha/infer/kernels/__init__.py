@@ -26,7 +26,6 @@ import os
 import platform
 import sys
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -73,6 +72,43 @@ def _compile_flags() -> list[str]:
     return ["-O3", *arch, "-ffast-math", "-fopenmp"]
 
 
+class _BuildLock:
+    """Makes torch's build lock safe against killed builds.
+
+    `cpp_extension.load` guards a build with a plain `lock` file that it deletes when done. A build
+    that is killed (SIGKILL, a power cut, a CI job ended mid-build) leaves that file behind, and every
+    later build waits on it forever. So fornalha holds its own `flock` around the whole load: the
+    kernel drops an flock when its process dies, so while we hold ours no other fornalha process is
+    building, and a `lock` file that is there is left over from a dead one and is removed."""
+
+    def __init__(self, build_dir: Path | None) -> None:
+        self.build_dir = build_dir
+        self.fd: int | None = None
+
+    def acquire(self) -> None:
+        if self.build_dir is None:
+            return
+        try:
+            import fcntl
+
+            self.build_dir.mkdir(parents=True, exist_ok=True)
+            self.fd = os.open(self.build_dir / ".fornalha-build.lock", os.O_RDWR | os.O_CREAT, 0o644)
+            fcntl.flock(self.fd, fcntl.LOCK_EX)  # waits while another live process builds
+        except (ImportError, OSError):
+            self.fd = None
+            return
+        stale = self.build_dir / "lock"
+        if stale.exists():
+            print(f"fornalha: removing a build lock left by a killed build ({stale})", file=sys.stderr)
+            with contextlib.suppress(OSError):
+                stale.unlink()
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing the file drops the flock
+            self.fd = None
+
+
 @functools.cache
 def decode_attention_kernel() -> Callable[..., torch.Tensor] | None:
     """The compiled `decode_attention(q, k, v, lengths, scale)` op, or None where it cannot be
@@ -91,14 +127,8 @@ def decode_attention_kernel() -> Callable[..., torch.Tensor] | None:
         build_dir = Path(cpp_extension._get_build_directory(name, verbose=False))
     except Exception:  # a private helper: only used for the two conveniences below
         build_dir = None
-    if build_dir is not None:
-        # A build that was killed (SIGKILL, a power cut) leaves its lock file behind, and the next
-        # build would wait on it forever; a real build takes under a minute, so a lock older than
-        # 10 minutes is stale.
-        lock = build_dir / "lock"
-        with contextlib.suppress(OSError):
-            if time.time() - lock.stat().st_mtime > 600:
-                lock.unlink()
+    build_lock = _BuildLock(build_dir)
+    build_lock.acquire()
     # No built .so: a first build, said at once. Otherwise loading takes milliseconds, and anything
     # longer is a rebuild (the source, the flags or torch changed), said by a timer.
     first_build = build_dir is None or not (build_dir / f"{name}.so").exists()
@@ -134,6 +164,7 @@ def decode_attention_kernel() -> Callable[..., torch.Tensor] | None:
         return None
     finally:
         notice.cancel()
+        build_lock.release()
     unavailable_reason = None
     return module.decode_attention
 
