@@ -71,10 +71,13 @@ def test_rate_limit_queue_full_and_sigterm_drain(run_dir):
             c.completions.create(model="tiny", prompt="a", max_tokens=5, n=4)
         assert e.value.response.headers["Retry-After"] == "1"
         # per-key token bucket: burst of 10, then 429 with Retry-After
-        codes = [httpx.get(srv.url + "/v1/models", headers=H).status_code for _ in range(16)]
-        assert 429 in codes and codes[0] == 200
-        r = httpx.get(srv.url + "/v1/models", headers=H)
-        assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1
+        # (the 429 is checked on the burst's own responses: on a loaded machine a later request may
+        # already find a refilled token)
+        replies = [httpx.get(srv.url + "/v1/models", headers=H) for _ in range(16)]
+        assert replies[0].status_code == 200
+        limited = [r for r in replies if r.status_code == 429]
+        assert limited and int(limited[0].headers["Retry-After"]) >= 1
+        assert limited[0].json()["error"]["type"]
         time.sleep(2.5)
         # SIGTERM during a stream: the stream completes, the process exits 0
         got: list[str] = []
