@@ -176,3 +176,7 @@ def test_every_model_config_field_carries_its_help():
     for f in dataclasses.fields(ModelConfig):
         assert help_of(ModelConfig, f.name), f"{f.name} has no help"
     assert help_of(ModelConfig, "n_kv_head").startswith("key/value heads")
+    from fornalha.train.config import ModelSection  # the YAML `model:` section reads the same help
+
+    for name, info in ModelSection.model_fields.items():
+        assert info.description == help_of(ModelConfig, name)

@@ -86,3 +86,14 @@ def test_reference_table_lists_every_key():
     table = config_reference_markdown()
     for key in valid_keys():
         assert f"`{key}`" in table
+
+
+def test_docs_config_table_is_the_generated_one():
+    """docs/config.md carries the table `config_reference_markdown()` makes from the code (one source of
+    truth: ModelConfig's field help and the pydantic sections); regenerate it when a key changes."""
+    from pathlib import Path
+
+    docs = Path(__file__).resolve().parents[2] / "docs" / "config.md"
+    assert config_reference_markdown().strip() in docs.read_text(), (
+        "docs/config.md is stale: rewrite its table from fornalha.train.config.config_reference_markdown()"
+    )

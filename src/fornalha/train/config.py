@@ -26,7 +26,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from fornalha.errors import ConfigError
-from fornalha.model.config import ModelConfig
+from fornalha.model.config import ModelConfig, help_of
 
 PRESETS = ("tiny", "small", "gpt2-124m")
 
@@ -34,29 +34,10 @@ PRESETS = ("tiny", "small", "gpt2-124m")
 # Sections
 # --------------------------------------------------------------------------------------------
 
-_MODEL_HELP = {
-    "vocab_size": "vocabulary size; null: taken from the tokenizer",
-    "block_size": "longest context (tokens) the model is built for",
-    "n_layer": "Transformer blocks",
-    "n_head": "query heads per attention layer",
-    "n_kv_head": "key/value heads (grouped-query attention); null: n_head",
-    "n_embd": "width of the residual stream",
-    "mlp": "MLP kind: swiglu (Llama) or relu2 (modded-nanogpt)",
-    "mlp_hidden": "MLP hidden width; null: 8/3·n_embd (swiglu) or 4·n_embd (relu2)",
-    "tie_embeddings": "LM head shares the token-embedding matrix",
-    "qk_norm": "RMSNorm on queries and keys",
-    "rope_theta": "rotary base frequency",
-    "norm_eps": "RMSNorm epsilon",
-    "dropout": "dropout probability (0 for pretraining)",
-    "logit_softcap": "cap·tanh(logits/cap); null: off",
-    "init_std": "std of the normal initialisation",
-    "zero_init_proj": "residual output projections start at zero",
-}
-
 
 def _model_section() -> type[BaseModel]:
-    """A pydantic mirror of the `ModelConfig` dataclass (same fields and defaults; vocab_size may be
-    null until the tokenizer is known). Derived fields stay null here so that changing n_embd later
+    """A pydantic mirror of the `ModelConfig` dataclass, built from it (same fields, defaults and
+    help, so there is one source of truth; vocab_size may be null until the tokenizer is known). Derived fields stay null here so that changing n_embd later
     re-derives mlp_hidden."""
     hints = typing.get_type_hints(ModelConfig)
     fields: dict[str, Any] = {}
@@ -64,7 +45,7 @@ def _model_section() -> type[BaseModel]:
         typ, default = hints[f.name], f.default
         if f.name == "vocab_size":
             typ, default = int | None, None
-        fields[f.name] = (typ, Field(default, description=_MODEL_HELP.get(f.name, "")))
+        fields[f.name] = (typ, Field(default, description=help_of(ModelConfig, f.name)))
     return create_model("ModelSection", __config__=ConfigDict(extra="forbid"), **fields)
 
 
