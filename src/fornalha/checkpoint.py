@@ -18,7 +18,6 @@ Run-folder layout (see DESIGN.md): RUN_DIR/checkpoints/step-000200/, …, and RU
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -32,33 +31,13 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from fornalha.errors import CheckpointError
+from fornalha.files import file_sha256, fsync_dir, publish_dir
 from fornalha.model import GPT, ModelConfig
 
 FORMAT = "fornalha-checkpoint"
 VERSION = 1
 MODEL_FILE = "model.safetensors"
 META_FILE = "meta.json"
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -113,7 +92,7 @@ def save_checkpoint(
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path))
         with open(path, "rb+") as f:
             os.fsync(f.fileno())
-        files[name] = sha256_file(path)
+        files[name] = file_sha256(path)
 
     add_tensors(MODEL_FILE, model_state)
     _fault("after-model", ckpt_dir.name)
@@ -122,7 +101,7 @@ def save_checkpoint(
     for stem, obj in (extra_json or {}).items():
         path = tmp / f"{stem}.json"
         _write_json(path, obj)
-        files[path.name] = sha256_file(path)
+        files[path.name] = file_sha256(path)
 
     full_meta = {
         "format": FORMAT,
@@ -132,19 +111,12 @@ def save_checkpoint(
     }
     full_meta["files"] = files
     _write_json(tmp / META_FILE, full_meta)
-    _fsync_dir(tmp)
+    fsync_dir(tmp)
 
     # Publish: a fresh name is one rename; replacing (e.g. "best") moves the old one aside first.
     # A kill between the two renames leaves only .NAME.old-PID: readers then use it
     # (`resolve_checkpoint`) and the next writer puts it back (`fornalha.train.resume`).
-    old = ckpt_dir.parent / f".{ckpt_dir.name}.old-{os.getpid()}"
-    if ckpt_dir.exists():
-        os.rename(ckpt_dir, old)
-        _fault("between-renames", ckpt_dir.name)
-    os.rename(tmp, ckpt_dir)
-    _fsync_dir(ckpt_dir.parent)
-    if old.exists():
-        shutil.rmtree(old)
+    publish_dir(tmp, ckpt_dir, between=lambda: _fault("between-renames", ckpt_dir.name))
     return ckpt_dir
 
 
@@ -169,7 +141,7 @@ def verify_checkpoint(ckpt_dir: str | Path) -> dict[str, Any]:
         path = ckpt_dir / name
         if not path.is_file():
             raise CheckpointError(f"checkpoint {ckpt_dir} is incomplete: {name} is missing")
-        if sha256_file(path) != digest:
+        if file_sha256(path) != digest:
             raise CheckpointError(f"checkpoint {ckpt_dir} is corrupt: {name} does not match its sha256")
     return meta
 

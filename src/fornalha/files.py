@@ -7,7 +7,8 @@ Publishing is write-then-rename. A writer fills a temporary sibling (same folder
 system) and one `os.replace`/`os.rename` makes it visible: before it the old version is whole, after
 it the new one is. `write_text_atomic` does it for one file; `publish_dir` for a folder, moving an
 existing folder of that name aside first (a folder rename cannot replace a non-empty folder) and
-removing it only once the new one is in place.
+removing it only once the new one is in place; `replacing` for a file another library writes (a plot,
+a GGUF file): it hands out the temporary name and renames it into place when the block succeeds.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -56,26 +58,43 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
+@contextmanager
+def replacing(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """``with replacing(path) as tmp: write tmp`` — on success ``tmp`` is renamed over ``path``; on an
+    error (or Ctrl-C) it is removed and ``path`` is untouched. ``tmp`` keeps ``path``'s suffix, so
+    writers that choose a format by extension (matplotlib) still do."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
     """Write ``text`` to a temporary sibling, then rename it over ``path`` (readers see old or new, whole)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    with replacing(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
 
 
-def publish_dir(tmp: str | os.PathLike[str], final: str | os.PathLike[str]) -> Path:
+def publish_dir(
+    tmp: str | os.PathLike[str], final: str | os.PathLike[str], between: Callable[[], None] | None = None
+) -> Path:
     """Move the finished folder ``tmp`` to ``final``; an existing ``final`` is replaced.
 
-    The old folder is renamed aside, the new one renamed into place, then the old one removed: at
-    every moment either the old or the new folder is under ``final``'s name (but for the instant
-    between the two renames).
+    The old folder is renamed aside (as ``.NAME.old-PID``), the new one renamed into place, then the
+    old one removed: at every moment either the old or the new folder is under ``final``'s name (but
+    for the instant between the two renames, when a reader finds the old one aside; checkpoints use
+    that). ``between`` runs in that instant (the fault-injection tests kill the process there).
     """
     tmp, final = Path(tmp), Path(final)
     old = final.with_name(f".{final.name}.old-{os.getpid()}")
     if final.exists():
         os.rename(final, old)
+        if between is not None:
+            between()
     os.rename(tmp, final)
     fsync_dir(final.parent)
     if old.exists():

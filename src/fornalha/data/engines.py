@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any
 from datatrove.data import Document
 from datatrove.pipeline.base import PipelineStep
 
-from fornalha.data.sources import RawDoc, Skipped, SourceSpec, iter_source
+from fornalha.data.sources import RawDoc, Skipped, SourceSpec, iter_source, take_limited
 from fornalha.errors import DataError
 
 if TYPE_CHECKING:
@@ -63,18 +63,7 @@ def iter_inputs(specs: list[SourceSpec], cfg: PrepareConfig) -> Iterator[RawDoc 
     0, 1, 2... gives every document a global input number that does not depend on the engine.
     """
     for spec in specs:
-        n_docs = n_bytes = 0
-        for item in iter_source(spec):
-            if isinstance(item, Skipped):
-                yield item
-                continue
-            if cfg.max_docs is not None and n_docs >= cfg.max_docs:
-                break
-            if cfg.max_bytes is not None and n_bytes >= cfg.max_bytes:
-                break
-            n_docs += 1
-            n_bytes += len(item.data)
-            yield item
+        yield from take_limited(iter_source(spec), cfg.max_docs, cfg.max_bytes)
 
 
 # --------------------------------------------------------------------------- datatrove pipeline steps

@@ -55,7 +55,15 @@ from fornalha.data.clean import (
 )
 from fornalha.data.dedup import DedupConfig, Deduplicator, exact_hash, signature
 from fornalha.data.pii import PiiConfig, scrub
-from fornalha.data.sources import RawDoc, Skipped, SourceSpec, fingerprint, iter_source, parse_source
+from fornalha.data.sources import (
+    RawDoc,
+    Skipped,
+    SourceSpec,
+    fingerprint,
+    iter_source,
+    parse_source,
+    take_limited,
+)
 from fornalha.data.split import SplitConfig, assign_side, hash_unit, tail_split
 from fornalha.errors import ConfigError, DataError
 from fornalha.files import file_sha256
@@ -467,18 +475,11 @@ def prepare(
         def reader() -> Iterator[RawDoc]:
             for spec in specs:
                 stats = report.sources[spec.name]
-                n_docs = n_bytes = 0
-                for item in iter_source(spec):
+                for item in take_limited(iter_source(spec), cfg.max_docs, cfg.max_bytes):
                     if isinstance(item, Skipped):
                         stats.skipped[item.reason] += 1
                         stats.bytes_in += item.nbytes
                         continue
-                    if cfg.max_docs is not None and n_docs >= cfg.max_docs:
-                        break
-                    if cfg.max_bytes is not None and n_bytes >= cfg.max_bytes:
-                        break
-                    n_docs += 1
-                    n_bytes += len(item.data)
                     yield item
 
         near = cfg.dedup.near or (cfg.split.group_near_duplicates and cfg.split.mode == "doc")

@@ -38,7 +38,7 @@ import re
 import sysconfig
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, Literal
 
@@ -545,3 +545,22 @@ def total_input_bytes(specs: list[SourceSpec]) -> int | None:
         for path, _ in source_files(spec):
             total += _size(path)
     return total
+
+
+def take_limited(
+    items: Iterable[RawDoc | Skipped], max_docs: int | None, max_bytes: int | None
+) -> Iterator[RawDoc | Skipped]:
+    """One source's items up to ``max_docs`` documents or ``max_bytes`` bytes of documents, whichever
+    comes first (None: no limit). Skipped files pass through and count toward neither."""
+    n_docs = n_bytes = 0
+    for item in items:
+        if isinstance(item, Skipped):
+            yield item
+            continue
+        if max_docs is not None and n_docs >= max_docs:
+            return
+        if max_bytes is not None and n_bytes >= max_bytes:
+            return
+        n_docs += 1
+        n_bytes += len(item.data)
+        yield item

@@ -45,8 +45,9 @@ import numpy as np
 import torch
 
 from fornalha.errors import DataError
+from fornalha.model.scoring import LN2, ScoreSums, bits_per_byte
 
-LN2 = math.log(2.0)
+__all__ = ["LN2", "bits_per_byte"]  # re-exported: `fornalha.evaluate.loss.bits_per_byte` is public
 
 
 @dataclass
@@ -78,48 +79,22 @@ class LossResult:
         return d
 
 
-def bits_per_byte(nats: float, n_bytes: int) -> float:
-    """Convert a sum of nats over some text into bits per UTF-8 byte of that text."""
-    if n_bytes <= 0:
-        raise ValueError("bits per byte needs a positive number of bytes")
-    return nats / (LN2 * n_bytes)
-
-
-class _Accumulator:
-    """Running float64 sums of nats, tokens and bytes, turned into a `LossResult` at the end."""
-
-    def __init__(self, token_bytes: np.ndarray | torch.Tensor | None) -> None:
-        self.token_bytes = (
-            None if token_bytes is None else torch.as_tensor(np.asarray(token_bytes), dtype=torch.long)
-        )
-        self.tokens = 0
-        self.nats = 0.0
-        self.bytes = 0
-
-    def add(self, nll: torch.Tensor, targets: torch.Tensor) -> None:
-        """nll: per-token losses [B, T]; targets [B, T] with -1 where nothing is scored."""
-        mask = targets >= 0
-        nll = nll.double().cpu()
-        mask = mask.cpu()
-        self.tokens += int(mask.sum())
-        self.nats += float(nll[mask].sum())
-        if self.token_bytes is not None:
-            tb = self.token_bytes[targets.cpu().clamp(min=0)]
-            tb = torch.where(mask, tb, torch.zeros_like(tb))
-            self.bytes += int(tb.sum())
+class _Accumulator(ScoreSums):
+    """`ScoreSums` that also turns into a `LossResult` at the end."""
 
     def result(self, source: str | None = None, split: str | None = None) -> LossResult:
-        if self.tokens == 0:
+        nats, tokens, n_bytes = self.totals()
+        if tokens == 0:
             raise DataError(f"nothing to evaluate: no target tokens in {source or 'the input'}")
-        loss = self.nats / self.tokens
-        bpb = bits_per_byte(self.nats, self.bytes) if self.bytes > 0 else None
+        loss = nats / tokens
+        bpb = bits_per_byte(nats, n_bytes) if n_bytes > 0 else None
         return LossResult(
             loss=loss,
             ppl=math.exp(min(loss, 700.0)),
             bpb=bpb,
-            tokens=self.tokens,
-            nats=self.nats,
-            bytes=self.bytes,
+            tokens=tokens,
+            nats=nats,
+            bytes=n_bytes,
             source=source,
             split=split,
         )
@@ -159,7 +134,7 @@ def evaluate_batches(
     was_training = model.training
     model.eval()
     device = _model_device(model)
-    acc = _Accumulator(token_bytes)
+    acc = _Accumulator(device, None if token_bytes is None else torch.as_tensor(np.asarray(token_bytes)))
     try:
         for x, y in batches:
             x, y = x.to(device), y.to(device)
@@ -243,7 +218,7 @@ def evaluate_token_stream(
     was_training = model.training
     model.eval()
     device = _model_device(model)
-    acc = _Accumulator(token_bytes)
+    acc = _Accumulator(device, None if token_bytes is None else torch.as_tensor(np.asarray(token_bytes)))
 
     def flush(rows: list[tuple[list[int], list[int]]]) -> None:
         width = max(len(x) for x, _ in rows)

@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 from fornalha.errors import DataError
+from fornalha.files import publish_dir
 
 
 def is_shards_dir(path: Path) -> bool:
@@ -86,7 +87,7 @@ def resolve_data(
             tok = train_tokenizer(path, vocab_size, kind=kind)
             tmp = tok_dir.with_name(tok_dir.name + f".tmp-{os.getpid()}")
             tok.save(tmp)
-            os.replace(tmp, tok_dir)
+            publish_dir(tmp, tok_dir)
     else:
         tok_dir = find_tokenizer_dir(tokenizer)
     shards_dir = cache / f"tokens-{tokenizer_sha256(tok_dir)[:12]}"

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from fornalha.errors import ConfigError
+from fornalha.files import replacing
 
 # --------------------------------------------------------------------------------------------
 # Peak FLOP/s (the denominator of MFU)
@@ -182,10 +183,9 @@ def plot_losses(metrics_path: Path, out_png: Path, best_step: int | None = None)
     ax.legend()
     fig.tight_layout()
     out_png.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_png.with_suffix(".tmp.png")
-    fig.savefig(tmp)
+    with replacing(out_png) as tmp:
+        fig.savefig(tmp)
     plt.close(fig)
-    os.replace(tmp, out_png)
 
 
 # --------------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from fornalha.errors import ConfigError
+from fornalha.model.scoring import ScoreSums, bits_per_byte
 from fornalha.train import distributed as D
 
 
@@ -143,7 +144,7 @@ def validation_loss(
     from fornalha.data.loader import iter_eval_batches
 
     per_rank = math.ceil(max_batches / dist.world_size)
-    sums = torch.zeros(3, dtype=torch.float64, device=device)  # nats, tokens, bytes
+    sums = ScoreSums(device, token_bytes)
     batches = iter_eval_batches(
         shards_dir, split, batch_size, seq_len, max_batches=per_rank, device=str(device),
         rank=dist.rank, world_size=dist.world_size,
@@ -158,15 +159,12 @@ def validation_loss(
             x = torch.zeros(1, seq_len, dtype=torch.long, device=device)
             batch = x, torch.full_like(x, -1)
         x, y = batch
-        _, loss = model(x, y, loss_reduction="none")
-        mask = y >= 0
-        sums[0] += loss.double()[mask].sum()
-        sums[1] += mask.sum()
-        sums[2] += token_bytes[y[mask]].sum()
-    D.all_reduce_sum(sums, dist)
-    nats, count, n_bytes = sums.tolist()
+        _, nll = model(x, y, loss_reduction="none")
+        sums.add(nll, y)
+    D.all_reduce_sum(sums.sums, dist)
+    nats, count, n_bytes = sums.totals()
     if count == 0:
         raise ConfigError(
             f"the {split} split has too few tokens for one evaluation batch of {seq_len} tokens"
         )
-    return nats / count, nats / (math.log(2) * max(n_bytes, 1.0))
+    return nats / count, bits_per_byte(nats, max(n_bytes, 1))
