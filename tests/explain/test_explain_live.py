@@ -25,28 +25,49 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def server(tiny_run, tmp_path):
+def start_server(run: Path, tmp: Path, api_keys: str = ""):
+    """`fornalha serve` in a subprocess on 127.0.0.1; returns (url, process) once /ready answers."""
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "PYTHONUNBUFFERED": "1", "FORNALHA_NO_KERNELS": "1"}
-    log = open(tmp_path / "server.log", "wb")  # noqa: SIM115
-    cmd = [sys.executable, "-m", "fornalha.cli", "serve", "--run", str(tiny_run), "--host", "127.0.0.1",
-           "--port", str(port), "--db", f"sqlite:///{tmp_path / 'serve.db'}"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "PYTHONUNBUFFERED": "1", "FORNALHA_NO_KERNELS": "1",
+           "FORNALHA_API_KEYS": api_keys}  # fmt: skip
+    log = open(tmp / "server.log", "wb")  # noqa: SIM115
+    cmd = [sys.executable, "-m", "fornalha.cli", "serve", "--run", str(run), "--host", "127.0.0.1",
+           "--port", str(port), "--db", f"sqlite:///{tmp / 'serve.db'}"]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 60
     while True:
-        assert proc.poll() is None, (tmp_path / "server.log").read_text()
+        assert proc.poll() is None, (tmp / "server.log").read_text()
         try:
             if httpx.get(url + "/ready", timeout=1).status_code == 200:
-                break
+                return url, proc
         except httpx.TransportError:
             pass
-        assert time.time() < deadline, "server did not start in 60 s"
+        if time.time() > deadline:
+            proc.kill()
+            pytest.fail("server did not start in 60 s")
         time.sleep(0.2)
+
+
+@pytest.fixture
+def server(tiny_run, tmp_path):
+    url, proc = start_server(tiny_run, tmp_path)
     yield url
     proc.terminate()
     proc.wait(30)
+
+
+def test_explain_api_asks_for_the_api_key_when_the_server_has_keys(tiny_run, tmp_path):
+    url, proc = start_server(tiny_run, tmp_path, api_keys="sekret")
+    try:
+        r = httpx.post(url + "/v1/explain", json={"text": "the dog"}, timeout=30)
+        assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+        r = httpx.post(url + "/v1/explain", json={"text": "the dog"}, timeout=30,
+                       headers={"Authorization": "Bearer sekret"})  # fmt: skip
+        assert r.status_code == 200 and len(r.json()["tokens"]) == 8
+    finally:
+        proc.terminate()
+        proc.wait(30)
 
 
 def test_explain_api_answers_and_refuses_bad_bodies(server):

@@ -110,6 +110,7 @@ async def post_explain(request: Request):
     top-10, losses), computed by the engine thread between two decode steps."""
     from fornalha.explain import explain_text
 
+    await request.app.state.authorize(request)  # the API key and rate limit of /v1/chat/completions
     try:
         body = json.loads((await request.body()).decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
