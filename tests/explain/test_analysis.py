@@ -3,6 +3,7 @@ match the model's own forward pass, and bad texts are refused."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -109,3 +110,15 @@ def test_empty_and_too_long_texts_are_refused(tiny_run):
     with pytest.raises(FornalhaError, match="context is 64 tokens"):
         explain_text(model, tok, "a" * 64)  # 64 characters + <|bos|> = 65 tokens
     assert len(explain_text(model, tok, "a" * 63)["tokens"]) == 64  # exactly the context: fine
+
+
+def test_page_embeds_any_text_safely(tiny_run):
+    from fornalha.explain import render_page
+
+    model, tok, _ = load_run(tiny_run)
+    ex = explain_text(model, tok, "</script>{{DATA}}&")
+    page = render_page(ex, title="{{DATA}} <b>")
+    assert page.count("</script>") == 2  # the data element's and the code's own, none from the text
+    assert "&lt;b&gt;" in page and "/*{{JS}}*/" not in page
+    assert page.count('"format":"fornalha-explain"') == 1  # the title's {{DATA}} stays text
+    data = page.split('<script type="application/json" id="explain-data">')[1].split("</script>")[0]    assert json.loads(data)["text"] == "</script>{{DATA}}&"

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +39,9 @@ def render_page(explanation: dict[str, Any] | None, *, live: bool = False, title
         "/*{{JS}}*/": _static("explain.js"),
         "{{DATA}}": data,
     }
-    for key, value in replacements.items():
-        page = page.replace(key, value)
-    return page
+    # one pass, so text inserted for one placeholder (a title, the user's text) is never read as another
+    pattern = re.compile("|".join(re.escape(k) for k in replacements))
+    return pattern.sub(lambda m: replacements[m.group(0)], page)
 
 
 def written_by_explain(path: Path) -> bool:
