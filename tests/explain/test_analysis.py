@@ -121,4 +121,5 @@ def test_page_embeds_any_text_safely(tiny_run):
     assert page.count("</script>") == 2  # the data element's and the code's own, none from the text
     assert "&lt;b&gt;" in page and "/*{{JS}}*/" not in page
     assert page.count('"format":"fornalha-explain"') == 1  # the title's {{DATA}} stays text
-    data = page.split('<script type="application/json" id="explain-data">')[1].split("</script>")[0]    assert json.loads(data)["text"] == "</script>{{DATA}}&"
+    data = page.split('<script type="application/json" id="explain-data">')[1].split("</script>")[0]
+    assert json.loads(data)["text"] == "</script>{{DATA}}&"
