@@ -149,10 +149,11 @@
     paint(cv, state.layer, state.head);
     const px = Math.max(2, Math.min(24, Math.floor(560 / state.T)));
     cv.style.width = `${px * state.T}px`; cv.style.height = `${px * state.T}px`;
-    const ctx = cv.getContext("2d");  // outline the selected token's row
-    ctx.strokeStyle = "rgba(29, 27, 24, 0.9)";
-    ctx.lineWidth = Math.max(0.15, 1 / px);
-    ctx.strokeRect(0, current(), state.T, 1);
+    const mark = $("row-mark");  // outline the selected token's row (a box over the canvas)
+    mark.style.top = `${cv.offsetTop + px * current() - 1}px`;
+    mark.style.left = `${cv.offsetLeft - 1}px`;
+    mark.style.width = `${px * state.T + 2}px`;
+    mark.style.height = `${px + 2}px`;
   }
   function renderGrid() {
     const grid = $("grid");
