@@ -71,6 +71,12 @@ def explain_command(
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text(page, encoding="utf-8")
     tmp.replace(out)
+    if len(page) > 50e6:
+        print(
+            f"note: the page is {len(page) / 1e6:.0f} MB (attention grows with the square of the text); "
+            "a browser may open it slowly: explain a shorter text",
+            file=sys.stderr,
+        )
     s, a = explanation["summary"], explanation["attention"]
     print(
         f"wrote {out} ({len(page) / 1e6:.2f} MB): {len(explanation['tokens'])} tokens, "

@@ -12,7 +12,8 @@ from that same pass, so the page shows exactly the computation that generation r
 Size: attention has n_layer · n_head · T² weights. Causal attention puts zeros above the diagonal,
 so only the lower triangle (T(T+1)/2 per head) is kept, each weight rounded to a 16-bit integer
 (weight · 65535, so the error is below 1e-5), and the bytes travel as base64:
-a 200-token text on a 6-layer, 6-head model takes about 1.2 MB of page.
+a 200-token text on a 6-layer, 6-head model makes a 2.1 MB page, 512 tokens on 4 × 4 heads
+5.9 MB, and the size grows with the square of the text: 1,024 tokens on 12 × 12 heads are 202 MB.
 """
 
 from __future__ import annotations
