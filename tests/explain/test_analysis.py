@@ -110,6 +110,8 @@ def test_empty_and_too_long_texts_are_refused(tiny_run):
     with pytest.raises(FornalhaError, match="context is 64 tokens"):
         explain_text(model, tok, "a" * 64)  # 64 characters + <|bos|> = 65 tokens
     assert len(explain_text(model, tok, "a" * 63)["tokens"]) == 64  # exactly the context: fine
+    with pytest.raises(FornalhaError, match="explains at most 10"):
+        explain_text(model, tok, "a" * 10, max_tokens=10)
 
 
 def test_page_embeds_any_text_safely(tiny_run):

@@ -64,12 +64,15 @@ def token_label(tokenizer: Any, token_id: int, specials: dict[int, str]) -> tupl
 
 
 @torch.no_grad()
-def explain_text(model: GPT, tokenizer: Any, text: str, top_k: int = TOP_K) -> dict[str, Any]:
+def explain_text(
+    model: GPT, tokenizer: Any, text: str, top_k: int = TOP_K, max_tokens: int | None = None
+) -> dict[str, Any]:
     """Tokens, attention of every layer and head, top-k next tokens and per-token loss for `text`.
 
     The model sees `<|bos|>` first (as every training document began), so every token of the text
     has a loss: how surprised the model was, in bits, −log2 p(token | the tokens before it).
-    Raises FornalhaError for an empty text or one longer than the model's context.
+    Raises FornalhaError for an empty text or one longer than the model's context (or than
+    `max_tokens`, a smaller cap a server may set: the answer grows with the square of the text).
     """
     if not text or not text.strip():
         raise FornalhaError("the text to explain is empty; give some text with --text")
@@ -82,6 +85,10 @@ def explain_text(model: GPT, tokenizer: Any, text: str, top_k: int = TOP_K) -> d
         raise FornalhaError(
             f"the text is {len(ids)} tokens long (with <|bos|>) but the model's context is {ctx} tokens; "
             "give a shorter text"
+        )
+    if max_tokens is not None and len(ids) > max_tokens:
+        raise FornalhaError(
+            f"the text is {len(ids)} tokens long (with <|bos|>); this server explains at most {max_tokens}"
         )
     if len(ids) < 2:
         raise FornalhaError("the text has no token the model can predict; give a longer text")

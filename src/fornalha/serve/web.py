@@ -25,6 +25,7 @@ from fornalha.serve.store import StoreError, UnknownCompletion
 STATIC_DIR = Path(__file__).parent / "static"
 STATIC_FILES = {"chat.js": "text/javascript", "chat.css": "text/css"}
 MAX_FEEDBACK_BODY = 64 * 1024
+EXPLAIN_MAX_TOKENS = 512  # /v1/explain's answer grows with tokens² · layers · heads (docs/explain.md)
 
 router = APIRouter()
 
@@ -124,6 +125,8 @@ async def post_explain(request: Request):
         )
     text = body["text"]
     try:
-        return await request.app.state.engine.call(lambda eng: explain_text(eng.model, eng.tokenizer, text))
+        return await request.app.state.engine.call(
+            lambda eng: explain_text(eng.model, eng.tokenizer, text, max_tokens=EXPLAIN_MAX_TOKENS)
+        )
     except FornalhaError as exc:  # empty, or longer than the context
         return error_response(str(exc), param="text", code="invalid_text")
