@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from explain_helpers import assert_not_blank
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -22,25 +23,35 @@ def fornalha(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_bad_input_is_one_line_and_exit_2(tiny_run, tmp_path):
+def run_in_process(capsys, *args: str) -> tuple[int, str]:
+    """The CLI's own entry point in this process (fast): (exit code, stderr)."""
+    from fornalha.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(list(args))
+    return int(exit_info.value.code or 0), capsys.readouterr().err
+
+
+def test_bad_input_is_one_line_and_exit_2(tiny_run, tmp_path, capsys):
     page = tmp_path / "p.html"
+    res = fornalha("explain", "--run", str(tmp_path / "nope"), "--text", "hi", "--out", str(page))
+    assert res.returncode == 2 and res.stderr.startswith("error:") and "does not exist" in res.stderr
     cases = {
-        "does not exist": ["--run", str(tmp_path / "nope"), "--text", "hi", "--out", str(page)],
         "is empty": ["--run", str(tiny_run), "--text", "  ", "--out", str(page)],
         "context is 64 tokens": ["--run", str(tiny_run), "--text", "a" * 80, "--out", str(page)],
         "exactly one of --text": ["--run", str(tiny_run), "--out", str(page)],
     }
     for expected, args in cases.items():
-        res = fornalha("explain", *args)
-        assert res.returncode == 2, (expected, res.stderr)
-        lines = res.stderr.strip().splitlines()
-        assert lines[0].startswith("error:") and expected in lines[0], res.stderr
-        assert "Traceback" not in res.stderr
+        code, err = run_in_process(capsys, "explain", *args)
+        assert code == 2, (expected, err)
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error:") and expected in lines[0], err
+        assert "Traceback" not in err
         assert not page.exists()
     mine = tmp_path / "mine.html"  # a page the user wrote is never overwritten
     mine.write_text("<html>my notes</html>")
-    res = fornalha("explain", "--run", str(tiny_run), "--text", "hi", "--out", str(mine))
-    assert res.returncode == 2 and "refusing to overwrite" in res.stderr
+    code, err = run_in_process(capsys, "explain", "--run", str(tiny_run), "--text", "hi", "--out", str(mine))
+    assert code == 2 and "refusing to overwrite" in err
     assert mine.read_text() == "<html>my notes</html>"
 
 
