@@ -37,7 +37,9 @@ def explain_command(
 
     The page needs no server and no network: open it in any browser.
 
-      fornalha explain --run runs/demo --text "def add(a, b):\\n    return a + b" --out explain.html
+      fornalha explain --run runs/demo --text "def add(a, b): return a + b" --out explain.html
+
+      fornalha explain --run runs/novel --text-file speech.txt --out speech.html
     """
     from fornalha.checkpoint import load_run
     from fornalha.device import pick_device
