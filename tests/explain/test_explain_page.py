@@ -83,6 +83,10 @@ def test_page_is_self_contained_and_a_click_changes_the_view(tiny_run, tmp_path,
     before = page.text_content("#focus")
     assert page.get_attribute("#focus", "data-selected") == "1"
     assert page.locator("#attends li").count() == 2  # token 1 sees <|bos|> and itself
+    tokens.nth(3).hover()  # hovering previews a token ...
+    assert page.get_attribute("#focus", "data-selected") == "3"
+    page.mouse.move(5, 5)  # ... and leaving it returns to the pinned one
+    assert page.get_attribute("#focus", "data-selected") == "1"
     tokens.nth(5).click()
     assert page.get_attribute("#focus", "data-selected") == "5"
     assert page.text_content("#focus") != before and "Token 5" in page.text_content("#focus")
