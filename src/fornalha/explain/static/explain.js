@@ -113,7 +113,7 @@
     focus.append(`Token ${c}: `);
     const code = document.createElement("code");
     code.textContent = t.special ? t.text : show(t.text);
-    focus.append(code, ` (id ${t.id}, ${t.bytes} bytes); ${loss}.`);
+    focus.append(code, ` (id ${t.id}, ${t.bytes} byte${t.bytes === 1 ? "" : "s"}); ${loss}.`);
     focus.dataset.selected = String(c);
     $("attends-title").textContent = `What it attends to (layer ${state.layer}, ${headName})`;
     const att = $("attends");
