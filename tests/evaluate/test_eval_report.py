@@ -130,9 +130,9 @@ def test_report_has_every_section_and_a_valid_embedded_plot(tmp_path):
     for sid in ("summary", "data", "tokenizer", "loss", "overfitting", "evaluation", "samples", "config"):
         assert f'<section id="{sid}">' in page
     assert "overfitting from step 300" in page
-    assert "machado.txt" in page and "dropped: too short" in page and "docs_out" in page
+    assert "machado.txt" in page and "dropped: too short" in page and "documents kept" in page
     assert (
-        "90.0 %" in page and "<h3>Splits</h3>" in page and "future_table" in page
+        "90.0 %" in page and "<h3>Splits</h3>" in page and "Future table" in page
     )  # bytes kept; unknown keys
     assert "bits per byte (val)" in page and "1.7500" in page and "27.0 % ± 4.4" in page and "25 %" in page
     assert "island_effects" in page and "merges" in page

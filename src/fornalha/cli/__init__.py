@@ -45,6 +45,9 @@ def _register_all() -> None:
 
     for module in (data, tokenizer, train, evaluate, pipeline, infer, interop, serve, recommend):
         module.register(app)
+    from fornalha.cli import explain  # noqa: I001 - the explain view (issue 13)
+
+    explain.register(app)
 
 
 _register_all()

@@ -168,6 +168,7 @@ class PrepareReport:
     cached: bool = False
     cache_key: str | None = None
     notes: list[str] = field(default_factory=list)
+    examples: dict[str, dict[str, str]] = field(default_factory=dict)  # first dropped document per reason
 
     @property
     def bytes_in(self) -> int:
@@ -200,6 +201,7 @@ class PrepareReport:
             "cached": self.cached,
             "cache_key": self.cache_key,
             "notes": self.notes,
+            "examples": self.examples,
         }
 
     @classmethod
@@ -221,6 +223,7 @@ class PrepareReport:
             cached=d.get("cached", False),
             cache_key=d.get("cache_key"),
             notes=list(d.get("notes", [])),
+            examples=dict(d.get("examples", {})),
         )
 
 
@@ -241,10 +244,20 @@ class Processed:
     sig: Any = None
     pii: Counter[str] | None = None
     repaired: bool = False
+    preview: str | None = None  # the start of a dropped document (PII scrubbed), for the report
 
 
 _WORKER_CFG: PrepareConfig | None = None
 _WORKER_NEAR: bool = True
+
+
+PREVIEW_CHARS = 240  # characters of a dropped document kept in report.json as an example
+
+
+def _example(report: PrepareReport, reason: str, doc: Processed, preview: str | None) -> None:
+    """Keep the first dropped document of each reason (its id, source and start) for the run report."""
+    if reason not in report.examples:
+        report.examples[reason] = {"source": doc.source, "id": doc.doc_id, "preview": preview or ""}
 
 
 def _init_worker(cfg_json: str, near: bool) -> None:
@@ -279,6 +292,7 @@ def process_doc(doc: RawDoc, cfg: PrepareConfig, near: bool = True) -> Processed
             reason = language_reason(text, cfg.clean.language)
         if reason:
             out.drop = reason
+            out.preview = scrub(text[:PREVIEW_CHARS], cfg.pii)[0]
             return out
     text, out.pii = scrub(text, cfg.pii)
     out.text = text
@@ -515,15 +529,18 @@ def prepare(
                         continue
                     if doc.drop:
                         stats.dropped[doc.drop] += 1
+                        _example(report, doc.drop, doc, doc.preview)
                         continue
                     report.repaired += int(doc.repaired)
                     report.pii.update(doc.pii or {})
                     found = dedup.add(doc.doc_hash, doc.sig)
                     if found.kind == "exact" and cfg.dedup.exact:
                         stats.dropped["duplicate (exact)"] += 1
+                        _example(report, "duplicate (exact)", doc, (doc.text or "")[:PREVIEW_CHARS])
                         continue
                     if found.kind == "near" and cfg.dedup.near:
                         stats.dropped["duplicate (near)"] += 1
+                        _example(report, "duplicate (near)", doc, (doc.text or "")[:PREVIEW_CHARS])
                         continue
                     assert doc.text is not None
                     stats.docs_out += 1

@@ -1,9 +1,14 @@
-"""One self-contained `report.html` per run: everything a person wants to see after training.
+"""One self-contained `report.html` per run, written to be read like a lesson.
 
-Sections, top to bottom: run summary, data report, tokenizer statistics, loss curves, overfitting
-verdict, evaluation table, samples, and the run's configuration. The page needs nothing but
-itself: the loss plot is embedded as a base64 PNG, the CSS is inline, there are no scripts and
-no external links, so it can be mailed, archived or opened offline.
+The first screen says in words what was built and how good it is: model size, data, training time,
+validation bits per byte beside two references measured on the same data (raw bytes: 8 bits; a
+unigram model that only knows how often each token occurs), and the loss curve. Then one section per
+stage of the pipeline (data, tokenizer, training, overfitting, evaluation, samples), each explained in
+two sentences with a concrete example from the user's own data: a dropped document and why, a
+sentence split into tokens, a sample beside its prompt. The raw tables, with human labels, come last.
+
+The page needs nothing but itself: the loss plot is embedded as a base64 PNG, the CSS is inline,
+there are no scripts and no external links, so it can be mailed, archived or opened offline.
 
 The HTML comes from the Jinja2 template ``templates/report.html`` with autoescaping on, so text
 from the data (samples, source names) cannot break the page.
@@ -24,6 +29,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from fornalha.errors import FornalhaError
 from fornalha.jsonl import read_log
@@ -218,18 +225,104 @@ def fmt(x: Any) -> str:
     return str(x)
 
 
+LABELS = {
+    "docs_in": "documents read",
+    "docs_out": "documents kept",
+    "bytes_in": "bytes read",
+    "bytes_out": "bytes kept",
+    "documents_in": "documents read",
+    "documents_out": "documents kept",
+    "mojibake_repaired": "documents with repaired encoding",
+    "throughput_mb_s": "throughput (MB/s)",
+    "seconds": "time",
+    "wall_time_s": "training time",
+    "elapsed_s": "time",
+    "tokens_seen": "tokens seen",
+    "best_step": "best step",
+    "best_val_loss": "best validation loss (nats/token)",
+    "best_val_bpb": "best validation bits per byte",
+    "best_val_ppl": "best validation perplexity",
+    "best_metric": "best checkpoint chosen by",
+    "final_val_loss": "final validation loss (nats/token)",
+    "final_train_loss": "final training loss (nats/token)",
+    "final_eval_step": "last evaluated step",
+    "val_tokens_per_eval": "validation tokens per evaluation",
+    "overfitting_steps": "steps flagged as overfitting",
+    "tokens_per_s": "throughput (tokens/s)",
+    "mfu": "model FLOPs utilisation",
+    "peak_flops": "peak compute of the device (FLOP/s)",
+    "world_size": "processes",
+    "run_dir": "run folder",
+    "best_checkpoint": "best checkpoint",
+    "val_loss": "validation loss (nats/token)",
+    "val_bpb": "validation bits per byte",
+    "vocab_size": "vocabulary size",
+    "kind": "kind",
+    "pii_replaced": "personal data replaced",
+    "dtype": "number format",
+    "status": "how training ended",
+}
+_STATUS = {
+    "time_budget": "time budget ran out",
+    "finished": "all planned steps done",
+    "max_steps": "all planned steps done",
+}
+
+
+def human_label(key: Any) -> str:
+    """A column or row name for people: known keys get words, others lose their underscores."""
+    key = str(key)
+    if key in LABELS:
+        return LABELS[key]
+    return key.replace("_", " ") if "_" in key and " " not in key else key
+
+
+def human_value(key: Any, x: Any) -> str:
+    """`fmt`, plus durations for time keys, a percentage for MFU and words for very large numbers."""
+    key = str(key)
+    if key == "status" and isinstance(x, str):
+        return _STATUS.get(x, x.replace("_", " "))
+    if isinstance(x, (list, dict)) and not x:
+        return "none"
+    if _num(x) is not None and not isinstance(x, bool):
+        if key in ("seconds", "wall_time_s", "elapsed_s") or key.endswith("_seconds"):
+            return duration(float(x))
+        if key == "mfu":
+            return f"{100 * float(x):.1f} %"
+        if abs(x) >= 1e9:
+            return big_number(float(x))
+    return fmt(x)
+
+
+def duration(seconds: float) -> str:
+    """'2 min 13 s', '1 h 05 min', '4.2 s'."""
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    if seconds < 3600:
+        return f"{int(seconds // 60)} min {int(seconds % 60):02d} s"
+    return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60):02d} min"
+
+
+def big_number(x: float) -> str:
+    """1.07 million, 357.5 billion: what a reader can say aloud."""
+    for size, word in ((1e12, "trillion"), (1e9, "billion"), (1e6, "million"), (1e3, "thousand")):
+        if abs(x) >= size:
+            return f"{x / size:.3g} {word}"
+    return fmt(x)
+
+
 def dict_table(d: dict[str, Any]) -> dict[str, Any]:
     """{columns, rows} for a mapping of name -> record (a table with one row per name) or of
-    name -> scalar (a two-column table). Nested values are shown as JSON."""
+    name -> scalar (a two-column table), with human labels. Nested values are shown as JSON."""
     if d and all(isinstance(v, dict) for v in d.values()):
         columns: list[str] = []
         for v in d.values():
             for k in v:
                 if k not in columns:
                     columns.append(k)
-        rows = [[name, *(fmt(v.get(c)) for c in columns)] for name, v in d.items()]
-        return {"columns": ["", *columns], "rows": rows}
-    return {"columns": ["", "value"], "rows": [[k, fmt(v)] for k, v in d.items()]}
+        rows = [[name, *(human_value(c, v.get(c)) for c in columns)] for name, v in d.items()]
+        return {"columns": ["", *(human_label(c) for c in columns)], "rows": rows}
+    return {"columns": ["", "value"], "rows": [[human_label(k), human_value(k, v)] for k, v in d.items()]}
 
 
 _SKIP_KEYS = {
@@ -242,6 +335,8 @@ _SKIP_KEYS = {
     "created",
     "shards",
     "fingerprint",
+    "best",  # summary.json repeats best_val_* in a nested record
+    "examples",  # shown as the data section's example
 }
 
 
@@ -275,9 +370,9 @@ def data_sections(dataset_dir: str | Path | None) -> list[dict[str, Any]]:
                 continue
             row = {k: st.get(k) for k in ("docs_in", "docs_out", "bytes_in", "bytes_out")}
             if _num(st.get("bytes_in")) and _num(st.get("bytes_out")) is not None:
-                row["bytes kept"] = f"{100 * st['bytes_out'] / st['bytes_in']:.1f} %"
+                row["share of bytes kept"] = f"{100 * st['bytes_out'] / st['bytes_in']:.1f} %"
             dropped = [v for key in ("dropped", "skipped") for v in (st.get(key) or {}).values()]
-            row["docs dropped"] = sum(v for v in dropped if isinstance(v, int))
+            row["documents dropped"] = sum(v for v in dropped if isinstance(v, int))
             rows[name] = row
         out.append({"title": "Sources", **dict_table(rows)})
     reasons = report.get("reasons")
@@ -312,7 +407,7 @@ def data_sections(dataset_dir: str | Path | None) -> list[dict[str, Any]]:
     scalars = {k: v for k, v in report.items() if not isinstance(v, (dict, list)) and k not in _SKIP_KEYS}
     for key, value in report.items():  # anything else the data stage reports
         if key not in known and key not in _SKIP_KEYS and isinstance(value, dict) and value:
-            out.append({"title": key, **dict_table(value)})
+            out.append({"title": human_label(key).capitalize(), **dict_table(value)})
     if scalars:
         out.append({"title": "Preparation", **dict_table(scalars)})
     return out
@@ -420,6 +515,249 @@ def _samples_from_run(run_dir: Path, records: list[dict[str, Any]]) -> list[dict
 
 
 # --------------------------------------------------------------------------------------------
+# The lesson: references to judge the model by, and one example per stage from the user's data
+# --------------------------------------------------------------------------------------------
+
+
+def _shards_dir(run_dir: Path) -> Path | None:
+    """The token shards the run trained on: RUN/shards (the pipeline), else config.yaml's data.path."""
+    if (run_dir / "shards" / "index.json").is_file():
+        return run_dir / "shards"
+    config = run_dir / "config.yaml"
+    if config.is_file():
+        import yaml
+
+        try:
+            data = (yaml.safe_load(config.read_text(encoding="utf-8")) or {}).get("data") or {}
+        except yaml.YAMLError:
+            return None
+        path = data.get("path") if isinstance(data, dict) else None
+        if isinstance(path, str) and (Path(path) / "index.json").is_file():
+            return Path(path)
+    return None
+
+
+def unigram_bits_per_byte(shards_dir: Path, max_tokens: int = 50_000_000) -> float | None:
+    """Bits per byte on the validation tokens of a unigram model of the training tokens.
+
+    The simplest model that still learns from the data: it knows how often each token occurs in the
+    training split (add-one smoothed) and nothing about order. Its cost on the validation split,
+    −Σ log2 p(token) over the validation bytes, is the bar a Transformer must clear by using context.
+    At most `max_tokens` training tokens are counted (the frequencies settle long before).
+    """
+    from fornalha.data.shards import open_shard, read_index
+
+    try:
+        index = read_index(shards_dir)
+        vocab = int(index["vocab_size"])
+        counts = np.zeros(vocab, dtype=np.float64)
+        seen = 0
+        for shard in index["splits"]["train"]["shards"]:
+            ids = open_shard(shards_dir / shard["file"])[: max(0, max_tokens - seen)]
+            counts += np.bincount(ids, minlength=vocab)[:vocab]
+            seen += len(ids)
+        log_p = np.log2(counts + 1.0) - np.log2(counts.sum() + vocab)
+        bits = 0.0
+        for shard in index["splits"]["val"]["shards"]:
+            bits -= float(log_p[np.asarray(open_shard(shards_dir / shard["file"]), dtype=np.int64)].sum())
+        val_bytes = index["splits"]["val"]["bytes"]
+    except Exception:  # noqa: BLE001 - a reference is optional: a damaged shard only drops it
+        return None
+    return bits / val_bytes if val_bytes else None
+
+
+def _model_config(run_dir: Path) -> dict[str, Any]:
+    for path in (run_dir / "checkpoints" / "best" / "meta.json", run_dir / "meta.json"):
+        meta = _read_json(path)
+        if isinstance(meta, dict) and isinstance(meta.get("model_config"), dict):
+            return meta["model_config"]
+    return {}
+
+
+def _first_sentence(text: str, limit: int = 90) -> str:
+    """The first non-trivial line of a document, cut at a word boundary near `limit` characters."""
+    for line in text.splitlines():
+        line = line.strip()
+        if len(line) >= 12:
+            if len(line) <= limit:
+                return line
+            cut = line.rfind(" ", 0, limit)
+            return line[: cut if cut > limit // 2 else limit]
+    return text.strip()[:limit]
+
+
+def tokenization_example(run_dir: Path, dataset_dir: Path | None) -> dict[str, Any] | None:
+    """A sentence of the user's own validation text and the tokens the run's tokenizer cuts it into."""
+    if dataset_dir is None or not (run_dir / "tokenizer").is_dir():
+        return None
+    from fornalha.data.dataset import iter_texts
+    from fornalha.tokenizer import load_tokenizer
+
+    try:
+        text = None
+        for split in ("val", "train"):
+            for doc in iter_texts(dataset_dir, split):
+                text = _first_sentence(doc)
+                break
+            if text:
+                break
+        if not text:
+            return None
+        tok = load_tokenizer(run_dir / "tokenizer")
+        ids = tok.encode(text)
+        pieces = [tok.decode_bytes([i]).decode("utf-8", errors="backslashreplace") for i in ids]
+    except Exception:  # noqa: BLE001 - an example is optional; a missing split must not break the report
+        return None
+    return {
+        "text": text,
+        "tokens": [{"id": i, "text": p} for i, p in zip(ids, pieces)],
+        "bytes_per_token": len(text.encode("utf-8")) / max(1, len(ids)),
+    }
+
+
+def document_example(dataset_dir: Path | None, limit: int = 280) -> str | None:
+    """The beginning of the first training document, as the model reads it after cleaning."""
+    if dataset_dir is None:
+        return None
+    from fornalha.data.dataset import iter_texts
+
+    try:
+        for doc in iter_texts(dataset_dir, "train"):
+            return doc[:limit] + ("…" if len(doc) > limit else "")
+    except Exception:  # noqa: BLE001 - optional
+        return None
+    return None
+
+
+def dropped_example(dataset_dir: Path | None) -> dict[str, Any] | None:
+    """One document the data stage dropped and why (report.json "examples": first one per reason)."""
+    if dataset_dir is None:
+        return None
+    report = _read_json(Path(dataset_dir) / "report.json")
+    examples = report.get("examples") if isinstance(report, dict) else None
+    if not isinstance(examples, dict) or not examples:
+        return None
+    reason, ex = next(iter(examples.items()))
+    return {"reason": reason, **ex} if isinstance(ex, dict) else None
+
+
+def data_story(dataset_dir: Path | None) -> dict[str, Any] | None:
+    """What the data stage did, in numbers a sentence can carry (from report.json and manifest.json)."""
+    if dataset_dir is None:
+        return None
+    report = _read_json(dataset_dir / "report.json")
+    manifest = _read_json(dataset_dir / "manifest.json")
+    report = report if isinstance(report, dict) else {}
+    manifest = manifest if isinstance(manifest, dict) else {}
+    sources = report.get("sources") if isinstance(report.get("sources"), dict) else {}
+    stats = [v for v in sources.values() if isinstance(v, dict)]
+    if not stats:
+        return None
+    total = {k: sum(int(_num(v.get(k)) or 0) for v in stats) for k in ("docs_in", "docs_out", "bytes_in")}
+    splits = report.get("splits") or manifest.get("splits") or {}
+    train_b = _num((splits.get("train") or {}).get("bytes")) or 0.0
+    val_b = _num((splits.get("val") or {}).get("bytes")) or 0.0
+    reasons = {k: v for k, v in (report.get("reasons") or {}).items() if isinstance(v, int) and v}
+    return {
+        "sources": len(stats),
+        "docs_in": total["docs_in"],
+        "docs_out": total["docs_out"],
+        "dropped": sum(reasons.values()),
+        "reasons": sorted(reasons.items(), key=lambda kv: -kv[1])[:3],
+        "mb_in": total["bytes_in"] / 1e6,
+        "val_mb": val_b / 1e6,
+        "val_share": 100 * val_b / (train_b + val_b) if train_b + val_b else 0.0,
+        "pii": sum(v for v in (report.get("pii_replaced") or {}).values() if isinstance(v, int)),
+    }
+
+
+def lesson(
+    run_dir: Path,
+    summary: dict[str, Any] | None,
+    records: list[dict[str, Any]],
+    eval_results: dict[str, Any] | None,
+    dataset_dir: Path | None,
+) -> dict[str, Any]:
+    """The facts of the first screen, each already in words a learner reads: what model, on what
+    data, how long, and its validation bits per byte beside raw bytes and a unigram model."""
+    summary = summary or {}
+    cfg = _model_config(run_dir)
+    facts: dict[str, Any] = {}
+    params = summary.get("parameters")
+    if cfg:
+        shape = f"{cfg.get('n_layer')} layers, {cfg.get('n_head')} attention heads, width {cfg.get('n_embd')}"
+        size = f"{big_number(params)} parameters" if _num(params) else "a model"
+        facts["model"] = f"{size} ({shape}, context {cfg.get('block_size')} tokens)"
+    elif _num(params):
+        facts["model"] = f"{big_number(params)} parameters"
+
+    shards = _shards_dir(run_dir)
+    index = _read_json(shards / "index.json") if shards is not None else None
+    manifest = _read_json(Path(dataset_dir) / "manifest.json") if dataset_dir is not None else None
+    sources = [
+        Path(str(s.get("spec", "?"))).name or str(s.get("spec"))
+        for s in (manifest or {}).get("sources", [])
+        if isinstance(s, dict)
+    ]
+    if isinstance(index, dict):
+        train = index.get("splits", {}).get("train", {})
+        what = f"{train.get('bytes', 0) / 1e6:.2f} MB of text"
+        if sources:
+            what += (
+                " from "
+                + ", ".join(sources[:3])
+                + (f" and {len(sources) - 3} more" if len(sources) > 3 else "")
+            )
+        docs = train.get("documents")
+        facts["data"] = (
+            f"{what} ({fmt(train.get('tokens'))} tokens, {fmt(docs)} document{'' if docs == 1 else 's'})"
+        )
+    elif sources:
+        facts["data"] = "text from " + ", ".join(sources)
+
+    seconds = _num(summary.get("wall_time_s"))
+    if seconds is None and records:
+        seconds = _num(records[-1].get("elapsed_s"))
+    if seconds is not None:
+        steps = summary.get("steps") or (records[-1].get("step") if records else None)
+        tokens = summary.get("tokens_seen")
+        why = {
+            "time_budget": "when its time budget ran out",
+            "finished": "after its planned steps",
+            "early_stopped": "when validation loss stopped improving",
+        }.get(str(summary.get("status")), "")
+        device = f" on {summary['device']}" if summary.get("device") else ""
+        facts["training"] = (
+            f"{duration(seconds)}{device}: {fmt(steps)} steps"
+            + (f", {big_number(tokens)} tokens" if _num(tokens) else "")
+            + (f", stopped {why}" if why else "")
+        )
+
+    loss = (eval_results or {}).get("loss") or {}
+    bpb = _num(loss.get("bpb"))
+    if bpb is None:
+        bpb = _num(summary.get("best_val_bpb"))
+    unigram = unigram_bits_per_byte(shards) if shards is not None else None
+    references = [{"name": "raw bytes (no model)", "bpb": 8.0}]
+    if unigram is not None:
+        references.append({"name": "unigram model of the same tokens", "bpb": unigram})
+    verdict = None
+    if bpb is not None:
+        best_ref = min(r["bpb"] for r in references)
+        if bpb < best_ref:
+            verdict = (
+                f"{bpb:.2f} bits per byte: {best_ref / bpb:.1f}× better than the best simple reference, "
+                "so the model uses the context to predict what comes next"
+            )
+        else:
+            verdict = (
+                f"{bpb:.2f} bits per byte: not yet better than a model that ignores context "
+                "(train longer, or on more data)"
+            )
+    return {"facts": facts, "bpb": bpb, "references": references, "verdict": verdict}
+
+
+# --------------------------------------------------------------------------------------------
 # The report
 # --------------------------------------------------------------------------------------------
 
@@ -463,17 +801,31 @@ def write_report(
         config_text = (run_dir / "config.yaml").read_text(encoding="utf-8", errors="replace")
 
     mc = (eval_results or {}).get("multiple_choice") or {}
+    dataset = Path(dataset_dir) if dataset_dir is not None else None
+    samples = _normalise_samples(samples)
+    prompted = [x for x in samples if x["prompt"]]
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("fornalha.evaluate", "templates"),
         autoescape=jinja2.select_autoescape(["html"]),
         trim_blocks=True,
         lstrip_blocks=True,
     )
+    train_losses = [_num(r.get("train_loss")) for r in records if _num(r.get("train_loss")) is not None]
     page = env.get_template("report.html").render(
         title=f"fornalha run report: {run_dir.resolve().name}",
         run_dir=str(run_dir.resolve()),
         created=time.strftime("%Y-%m-%d %H:%M:%S"),
-        summary=dict_table(summary) if isinstance(summary, dict) and summary else None,
+        lesson=lesson(
+            run_dir, summary if isinstance(summary, dict) else None, records, eval_results, dataset
+        ),
+        data_story=data_story(dataset),
+        dropped=dropped_example(dataset),
+        document=document_example(dataset) if dataset is not None else None,
+        token_example=tokenization_example(run_dir, dataset),
+        vocab_size=(_read_json(run_dir / "tokenizer" / "fornalha_tokenizer.json") or {}).get("vocab_size"),
+        first_train_loss=train_losses[0] if train_losses else None,
+        last_train_loss=train_losses[-1] if train_losses else None,
+        summary=dict_table(_drop_keys(summary)) if isinstance(summary, dict) and summary else None,
         data_tables=data_sections(dataset_dir),
         dataset_dir=str(dataset_dir) if dataset_dir is not None else None,
         tokenizer=dict_table(tokenizer_statistics(run_dir, tokenizer_stats, eval_results)),
@@ -485,7 +837,8 @@ def write_report(
         eval_rows=eval_table_rows(eval_results),
         eval_meta={k: eval_results.get(k) for k in ("checkpoint", "step")} if eval_results else {},
         blimp_groups=_groups_table(mc.get("blimp", {}).get("groups")),
-        samples=_normalise_samples(samples),
+        featured=prompted[0] if prompted else (samples[0] if samples else None),
+        samples=samples,
         config_text=config_text,
         n_records=len(records),
     )

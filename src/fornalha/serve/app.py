@@ -172,6 +172,7 @@ def create_app(
         return who
 
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(authorize)])
+    app.state.authorize = authorize  # for routers added later (POST /v1/explain)
 
     def check_model(name: str) -> None:
         if name != model_name:

@@ -1,4 +1,5 @@
-"""The chat page (`GET /`) and the feedback endpoint (`POST /v1/feedback`).
+"""The chat page (`GET /`), the feedback endpoint (`POST /v1/feedback`) and the explain view
+(`GET /explain`, `POST /v1/explain`: see `fornalha.explain`).
 
 The page is plain HTML, CSS and JavaScript shipped in `static/` (no build step, no external resource:
 the server may run offline). It streams from `POST /v1/chat/completions`, and every answer carries its
@@ -18,11 +19,13 @@ from pathlib import Path
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 
+from fornalha.errors import FornalhaError
 from fornalha.serve.store import StoreError, UnknownCompletion
 
 STATIC_DIR = Path(__file__).parent / "static"
 STATIC_FILES = {"chat.js": "text/javascript", "chat.css": "text/css"}
 MAX_FEEDBACK_BODY = 64 * 1024
+EXPLAIN_MAX_TOKENS = 512  # /v1/explain's answer grows with tokens² · layers · heads (docs/explain.md)
 
 router = APIRouter()
 
@@ -93,3 +96,37 @@ async def post_feedback(request: Request):
         "rating": saved["rating"],
         "created": int(saved["created"]),
     }
+
+
+@router.get("/explain", response_class=HTMLResponse, include_in_schema=False)
+def explain_page() -> HTMLResponse:
+    from fornalha.explain import render_page
+
+    return HTMLResponse(render_page(None, live=True))
+
+
+@router.post("/v1/explain")
+async def post_explain(request: Request):
+    """Body: `{"text": str}`; the answer is `fornalha.explain.explain_text`'s object (tokens, attention,
+    top-10, losses), computed by the engine thread between two decode steps."""
+    from fornalha.explain import explain_text
+
+    await request.app.state.authorize(request)  # the API key and rate limit of /v1/chat/completions
+    try:
+        body = json.loads((await request.body()).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return error_response(f"the body is not valid JSON: {exc}", code="invalid_json")
+    if not isinstance(body, dict) or not isinstance(body.get("text"), str):
+        return error_response('the body must be {"text": "..."}', param="text", code="missing_parameter")
+    unknown = sorted(set(body) - {"text"})
+    if unknown:
+        return error_response(
+            f"unsupported parameter {unknown[0]!r}", param=unknown[0], code="unsupported_parameter"
+        )
+    text = body["text"]
+    try:
+        return await request.app.state.engine.call(
+            lambda eng: explain_text(eng.model, eng.tokenizer, text, max_tokens=EXPLAIN_MAX_TOKENS)
+        )
+    except FornalhaError as exc:  # empty, or longer than the context
+        return error_response(str(exc), param="text", code="invalid_text")
