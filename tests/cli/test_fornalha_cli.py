@@ -28,6 +28,7 @@ COMMANDS = [
     ["chat"],
     ["export", "hf"],
     ["import", "hf"],
+    ["explain"],
 ]
 
 
