@@ -45,6 +45,13 @@ def _register_all() -> None:
 
     for module in (data, tokenizer, train, evaluate, pipeline, infer, interop, serve, recommend):
         module.register(app)
+    # TEMPORARY (dpo branch): the sft branch's cli/finetune.py owns the real `finetune` app; at merge
+    # `dpo_command` is mounted there and these lines go.
+    from fornalha.cli import dpo
+
+    finetune_app = typer.Typer(help="Fine-tune a run: dpo.", no_args_is_help=True)
+    dpo.register(finetune_app)
+    app.add_typer(finetune_app, name="finetune")
 
 
 _register_all()
