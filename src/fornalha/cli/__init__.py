@@ -41,9 +41,20 @@ app = typer.Typer(
 
 
 def _register_all() -> None:
-    from fornalha.cli import data, evaluate, infer, interop, pipeline, recommend, serve, tokenizer, train
+    from fornalha.cli import (
+        data,
+        evaluate,
+        feedback,
+        infer,
+        interop,
+        pipeline,
+        recommend,
+        serve,
+        tokenizer,
+        train,
+    )  # fmt: skip
 
-    for module in (data, tokenizer, train, evaluate, pipeline, infer, interop, serve, recommend):
+    for module in (data, tokenizer, train, evaluate, pipeline, infer, interop, serve, recommend, feedback):
         module.register(app)
     # TEMPORARY (dpo branch): the sft branch's cli/finetune.py owns the real `finetune` app; at merge
     # `dpo_command` is mounted there and these lines go.
