@@ -86,9 +86,9 @@ def read_rated_answers(db_url: str) -> tuple[list[RatedAnswer], Counter[str], Co
         url = sa.engine.make_url(db_url)
     except sa.exc.ArgumentError:
         raise DataError(f"--db {db_url!r} is not a database URL (e.g. sqlite:///RUN/serve.db)") from None
-    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
-        if not Path(url.database).is_file():  # never create an empty database at a mistyped path
-            raise DataError(f"--db {db_url}: no such database file")
+    is_file_db = url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:")
+    if is_file_db and not Path(url.database).is_file():  # never create an empty database at a typo
+        raise DataError(f"--db {db_url}: no such database file")
     engine = make_engine(db_url)
     try:
         with engine.connect() as conn:
