@@ -179,14 +179,44 @@ def test_dpo_raises_held_out_preference_accuracy(tmp_path):
     assert meta["metrics"]["preference_accuracy"] == after["preference_accuracy"]
 
 
-def test_bad_data_exits_2_with_one_line(tmp_path):
+def test_bad_data_exits_2_with_one_line(tmp_path, capsys, monkeypatch):
+    from fornalha.cli import main
+
+    monkeypatch.chdir(tmp_path)
     run = make_run(tmp_path / "base", ["abc"])
     bad = write_jsonl(tmp_path / "bad.jsonl", ["nope", {"chosen": 1, "rejected": 2}])
-    r = fornalha("finetune", "dpo", "--run", str(run), "--data", str(bad), "--out", "o", cwd=tmp_path)
-    assert r.returncode == 2 and "no valid preference pair" in r.stderr and "Traceback" not in r.stderr
-    assert "line 1" in r.stderr and "line 2" in r.stderr  # the bad lines are named
-    r = fornalha("finetune", "dpo", "--run", str(run), "--data", "missing.jsonl", "--out", "o", cwd=tmp_path)
-    assert r.returncode == 2 and "no such file" in r.stderr.splitlines()[0]
-    r = fornalha("finetune", "dpo", "--run", str(tmp_path), "--data", str(bad), "--out", "o", cwd=tmp_path)
-    assert r.returncode == 2 and "not a run folder" in r.stderr
+
+    def fails(*args: str) -> str:
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exit_:
+            main(["finetune", "dpo", *args, "--out", "o"])
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and "Traceback" not in err, err
+        assert err.startswith("error:") and len(err.strip().splitlines()) == 1, err  # one line
+        return err
+
+    err = fails("--run", str(run), "--data", str(bad))
+    assert "no valid preference pair" in err and "line 1" in err and "line 2" in err  # bad lines named
+    assert "no such file" in fails("--run", str(run), "--data", "missing.jsonl").splitlines()[0]
+    assert "not a run folder" in fails("--run", str(tmp_path), "--data", str(bad))
+    good = write_jsonl(tmp_path / "good.jsonl", synthetic_pairs(20))
+    assert "--beta must be a positive" in fails("--run", str(run), "--data", str(good), "--beta", "0")
+    assert "--lora rank must be a positive" in fails("--run", str(run), "--data", str(good), "--lora", "0")
     assert not (tmp_path / "o").exists()
+
+
+def test_hh_transcripts_train_end_to_end(tmp_path, shared_data):
+    lines = (shared_data / "preference" / "hh_rlhf_harmless_base_test.jsonl").read_text().splitlines()[:40]
+    data = tmp_path / "hh40.jsonl"  # a 40-pair slice, in the test's temporary folder only
+    data.write_text("\n".join(lines) + "\n")
+    run = make_run(tmp_path / "base", [json.loads(x)["chosen"] + json.loads(x)["rejected"] for x in lines])
+    r = fornalha(
+        "finetune", "dpo", "--run", str(run), "--data", str(data), "--out", "hh", "--held-out", "0.25",
+        "--set", "train.max_steps=3", "--set", "train.eval_interval=3", "--set", "train.batch_size=4",
+        "--set", "train.progress=false", cwd=tmp_path,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads((tmp_path / "hh" / "dpo_report.json").read_text())
+    assert report["data"]["shapes"] == {"hh": 40} and report["data"]["truncated"] > 0  # 64-token context
+    assert all(math.isfinite(v) for v in report["after"].values())
+    assert report["after"]["val_loss"] != report["before"]["val_loss"]  # the model moved

@@ -382,7 +382,7 @@ def finetune_dpo(
     """
     from rich.console import Console
 
-    from fornalha.checkpoint import load_run
+    from fornalha.checkpoint import load_run, resolve_checkpoint
     from fornalha.device import pick_device
     from fornalha.errors import DataError
     from fornalha.finetune.preference_data import read_preference_file, split_pairs
@@ -393,8 +393,13 @@ def finetune_dpo(
     console = console or Console(stderr=True)
     say = console.print
     run, data, out = Path(run), Path(data), Path(out)
-    if not (run / "config.yaml").is_file():
-        raise ConfigError(f"--run {run} is not a run folder (no config.yaml)")
+    if not (run / "tokenizer").is_dir():
+        raise ConfigError(f"--run {run} is not a run folder (no tokenizer/ inside)")
+    resolve_checkpoint(run, "best")  # CheckpointError (exit 2) when it holds no checkpoint
+    if settings.beta <= 0 or not math.isfinite(settings.beta):
+        raise ConfigError(f"--beta must be a positive number, got {settings.beta}")
+    if settings.lora is not None and settings.lora < 1:
+        raise ConfigError(f"--lora rank must be a positive integer, got {settings.lora}")
     check_out_folder(out)
     if not resume and (out / "checkpoints").is_dir() and any((out / "checkpoints").iterdir()):
         raise ConfigError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
@@ -405,23 +410,22 @@ def finetune_dpo(
     # a fresh run: the start run's config with DPO's defaults; a resumed one: its own config.yaml
     own = resume and (out / "config.yaml").is_file()
     config_file = out / "config.yaml" if own else run / "config.yaml"
+    preset = None if config_file.is_file() else "tiny"  # a run without config.yaml: tiny's train settings
     overrides = [*(() if own else DPO_DEFAULTS), *sets, f"train.init_from={json.dumps(str(run))}"]
     if time_budget is not None:
         overrides.append(f"train.time_budget_minutes={time_budget}")
     if device is not None:
         overrides.append(f"train.device={device}")
-    cfg = load_config(None, config_file, overrides)
+    cfg = load_config(preset, config_file if preset is None else None, overrides)
     t = cfg.train
 
     # the pairs: read (bad lines counted), split by prompt, encoded to the model's context
     pf = read_preference_file(data)
-    if pf.bad:
-        shown = "; ".join(f"line {n}: {why}" for n, why in pf.bad[:5])
-        say(
-            f"[yellow]{len(pf.bad)} bad record(s) skipped[/] in {data} ({shown}{'; …' if len(pf.bad) > 5 else ''})"
-        )
+    shown = "; ".join(f"line {n}: {why}" for n, why in pf.bad[:5]) + ("; …" if len(pf.bad) > 5 else "")
     if not pf.pairs:
-        raise DataError(f"--data {data} holds no valid preference pair ({len(pf.bad)} bad line(s))")
+        raise DataError(f"--data {data} holds no valid preference pair ({len(pf.bad)} bad line(s): {shown})")
+    if pf.bad:
+        say(f"[yellow]{len(pf.bad)} bad record(s) skipped[/] in {data} ({shown})", soft_wrap=True)
     train_pairs, held_pairs = split_pairs(pf.pairs, settings.held_out, t.seed)
     if len(train_pairs) < t.batch_size:
         raise DataError(
