@@ -36,6 +36,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -398,6 +399,8 @@ def finetune_dpo(
     resolve_checkpoint(run, "best")  # CheckpointError (exit 2) when it holds no checkpoint
     if settings.beta <= 0 or not math.isfinite(settings.beta):
         raise ConfigError(f"--beta must be a positive number, got {settings.beta}")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # PairLoader does not shard pairs across processes
+        raise ConfigError("fornalha finetune dpo runs in one process; launch it without torchrun")
     if settings.lora is not None and settings.lora < 1:
         raise ConfigError(f"--lora rank must be a positive integer, got {settings.lora}")
     check_out_folder(out)
