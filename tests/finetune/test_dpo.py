@@ -210,12 +210,13 @@ def test_hh_transcripts_train_end_to_end(tmp_path, shared_data):
     data = tmp_path / "hh40.jsonl"  # a 40-pair slice, in the test's temporary folder only
     data.write_text("\n".join(lines) + "\n")
     run = make_run(tmp_path / "base", [json.loads(x)["chosen"] + json.loads(x)["rejected"] for x in lines])
-    r = fornalha(
-        "finetune", "dpo", "--run", str(run), "--data", str(data), "--out", "hh", "--held-out", "0.25",
-        "--set", "train.max_steps=3", "--set", "train.eval_interval=3", "--set", "train.batch_size=4",
-        "--set", "train.progress=false", cwd=tmp_path,
-    )  # fmt: skip
-    assert r.returncode == 0, r.stderr[-3000:]
+    from rich.console import Console
+
+    from fornalha.finetune.dpo import DPOSettings, finetune_dpo
+
+    sets = ["train.max_steps=3", "train.eval_interval=3", "train.batch_size=4", "train.progress=false"]
+    with open(tmp_path / "log.txt", "w") as f:
+        finetune_dpo(run, data, tmp_path / "hh", DPOSettings(held_out=0.25), sets, console=Console(file=f))
     report = json.loads((tmp_path / "hh" / "dpo_report.json").read_text())
     assert report["data"]["shapes"] == {"hh": 40} and report["data"]["truncated"] > 0  # 64-token context
     assert all(math.isfinite(v) for v in report["after"].values())

@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,8 +12,6 @@ from fornalha.checkpoint import fold_lora, load_checkpoint, load_model, model_st
 from fornalha.errors import ConfigError
 from fornalha.finetune.lora import TARGETS, LoRALinear, add_lora, merge_lora, trainable_parameters
 from fornalha.model import GPT, ModelConfig
-
-SRC = Path(__file__).resolve().parents[2] / "src"
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -88,16 +82,25 @@ def test_bad_ranks_are_config_errors():
 
 
 def test_dpo_with_lora_saves_ordinary_low_rank_checkpoints(tmp_path):
-    pairs = synthetic_pairs(40)
+    from rich.console import Console
+
+    from fornalha.finetune.dpo import DPOSettings, finetune_dpo
+
+    pairs = synthetic_pairs(32)
     run = make_run(tmp_path / "base", pair_texts(pairs))
     data = write_jsonl(tmp_path / "pairs.jsonl", pairs)
-    env = dict(os.environ, PYTHONPATH=str(SRC), OMP_NUM_THREADS="1", COLUMNS="200")
-    args = [sys.executable, "-m", "fornalha.cli", "finetune", "dpo", "--run", str(run), "--data", str(data),
-            "--out", "lora", "--lora", "2", "--lora-alpha", "4", "--held-out", "0.25", "--set", "train.lr=5e-3",
-            "--set", "train.max_steps=6", "--set", "train.eval_interval=3", "--set", "train.progress=false"]  # fmt: skip
-    r = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "LoRA rank 2" in r.stderr
+    settings = DPOSettings(held_out=0.25, lora=2, lora_alpha=4)
+    sets = ["train.lr=5e-3", "train.eval_interval=2", "train.progress=false"]
+    log = tmp_path / "log.txt"
+
+    def dpo(steps: int, resume: bool = False) -> dict:
+        with open(log, "w") as f:
+            console = Console(file=f, width=200)
+            return finetune_dpo(run, data, tmp_path / "lora", settings, [*sets, f"train.max_steps={steps}"],
+                                resume=resume, console=console)  # fmt: skip
+
+    report = dpo(4)
+    assert "LoRA rank 2" in log.read_text()
     start, _ = load_model(run)
     for which in ("best", "last"):  # best/ saved folded; the step checkpoint folded on load
         tuned, _ = load_model(tmp_path / "lora", which)
@@ -111,14 +114,11 @@ def test_dpo_with_lora_saves_ordinary_low_rank_checkpoints(tmp_path):
     assert not [k for k in raw_best if "lora" in k]  # an ordinary model file
     last = sorted((tmp_path / "lora" / "checkpoints").glob("step-*"))[-1]
     assert [k for k in load_checkpoint(last)[0] if k.endswith("lora_A")]  # adapters kept for --resume
-    report = json.loads((tmp_path / "lora" / "dpo_report.json").read_text())
     assert report["settings"]["lora"] == 2 and report["after"]["reward_margin"] > 0
 
     # --resume continues the LoRA run from its step checkpoint, adapters and optimizer included
-    more = [a if a != "train.max_steps=6" else "train.max_steps=9" for a in args]
-    r = subprocess.run(
-        [*more, "--resume"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
-    )
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "resumed from" in r.stderr and "reference log-probabilities: cached" in r.stderr
-    assert json.loads((tmp_path / "lora" / "summary.json").read_text())["steps"] == 9
+    settings = DPOSettings()  # a resumed run reads its own settings (LoRA rank 2) from the run folder
+    dpo(6, resume=True)
+    text = log.read_text()
+    assert "resumed from" in text and "reference log-probabilities: cached" in text and "LoRA rank 2" in text
+    assert json.loads((tmp_path / "lora" / "summary.json").read_text())["steps"] == 6

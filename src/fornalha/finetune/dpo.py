@@ -131,13 +131,8 @@ class PairLoader:
         seed: int = 0,
         device: str | torch.device = "cpu",
     ) -> None:
-        self.encoded, self.ref, self.batch_size, self.seed, self.device = (
-            encoded,
-            ref,
-            batch_size,
-            seed,
-            device,
-        )
+        self.encoded, self.ref, self.batch_size = encoded, ref, batch_size
+        self.seed, self.device = seed, device
         self.epoch, self.pos = 0, 0
         self._order = self._permutation()
 
