@@ -221,3 +221,12 @@ def test_hh_transcripts_train_end_to_end(tmp_path, shared_data):
     assert report["data"]["shapes"] == {"hh": 40} and report["data"]["truncated"] > 0  # 64-token context
     assert all(math.isfinite(v) for v in report["after"].values())
     assert report["after"]["val_loss"] != report["before"]["val_loss"]  # the model moved
+
+
+def test_help_has_an_example():
+    from typer.testing import CliRunner
+
+    from fornalha.cli import app
+
+    r = CliRunner().invoke(app, ["finetune", "dpo", "--help"], env={"COLUMNS": "200", "NO_COLOR": "1"})
+    assert r.exit_code == 0 and "fornalha finetune dpo --run" in r.output and "--lora" in r.output

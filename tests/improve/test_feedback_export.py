@@ -148,3 +148,12 @@ def test_a_database_without_the_store_tables_is_a_data_error(tmp_path):
         export_examples(f"sqlite:///{tmp_path / 'other.db'}")
     with pytest.raises(DataError, match="not a database URL"):
         export_examples("::nonsense::")
+
+
+def test_help_has_an_example():
+    from typer.testing import CliRunner
+
+    from fornalha.cli import app
+
+    r = CliRunner().invoke(app, ["feedback", "export", "--help"], env={"COLUMNS": "200", "NO_COLOR": "1"})
+    assert r.exit_code == 0 and "fornalha feedback export --db" in r.output
