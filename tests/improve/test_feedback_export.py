@@ -59,6 +59,7 @@ def fill(store: Store, n_conversations: int = 12) -> None:
     store.record_completion({"id": "text", "model": "v1", "endpoint": "completions",
                              "request": {"prompt": "once upon"}, "output": ["a time"]})  # fmt: skip
     store.record_feedback("text", 1)
+    store.record_feedback("text", -1)  # a skipped completion is counted once, however often rated
 
 
 @pytest.fixture
@@ -106,6 +107,7 @@ def test_export_kinds_pairs_split_and_report(db_url):
         and "ana@example.com" not in json.dumps(flip)
         and "<EMAIL>" in flip["completion"]
     )
+    assert flip["comments"] == ["leaks my address"]
 
 
 def test_cli_writes_files_dpo_reads(db_url, tmp_path):

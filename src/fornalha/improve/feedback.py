@@ -12,7 +12,7 @@ its store (`fornalha.serve.store`). `export_feedback(db_url, out_dir)` turns the
               preferences    chosen ∈ liked answers and corrections × rejected ∈ disliked answers
                              of the same prompt; a correction of a disliked answer pairs with it
                              directly: {"messages", "chosen", "rejected"} (what `finetune dpo` reads)
-              unpaired       every rated answer with its label: {"messages", "completion", "label"}
+              unpaired       every rated answer with its label: {"messages", "completion", "label", "comments"}
     4. dedupe each kind (the same text twice is one example)
     5. split  train / held_out BY CONVERSATION: a conversation is known by its opening (system and
               first user message); a hash of it picks the side, so a held-out prompt is never
@@ -53,6 +53,7 @@ class RatedAnswer:
     answer: str
     rating: int  # +1 liked, -1 disliked
     corrections: list[str] = field(default_factory=list)
+    comments: list[str] = field(default_factory=list)
     user: str | None = None
 
 
@@ -114,23 +115,31 @@ def read_rated_answers(db_url: str) -> tuple[list[RatedAnswer], Counter[str], Co
         pii.update(counts)
         return new
 
+    passed: set[str] = set()  # completions skipped already (counted once, however often rated)
+
+    def skip(cid: str, why: str) -> None:
+        skipped[why] += 1
+        passed.add(cid)
+
     for row in rows:
         r = row._mapping
         cid = r["completion_id"]
+        if cid in passed:
+            continue
         if cid in answers:  # a newer rating of the same answer replaces the older one
             answers[cid].rating = int(r["rating"])
-            if r["correction"]:
-                answers[cid].corrections.append(clean(r["correction"]))
+            answers[cid].corrections += [clean(r["correction"])] if r["correction"] else []
+            answers[cid].comments += [clean(r["comment"])] if r["comment"] else []
             continue
         if not r["prompts_logged"] or r["request"] is None:
-            skipped["prompts not logged"] += 1
+            skip(cid, "prompts not logged")
             continue
         if r["endpoint"] != "chat.completions":
-            skipped["not a chat completion"] += 1
+            skip(cid, "not a chat completion")
             continue
         request, output = json.loads(r["request"]), json.loads(r["output"] or "[]")
         if len(output) != 1:
-            skipped["not exactly one choice"] += 1
+            skip(cid, "not exactly one choice")
             continue
         messages = []
         for m in request.get("messages") or []:
@@ -140,15 +149,16 @@ def read_rated_answers(db_url: str) -> tuple[list[RatedAnswer], Counter[str], Co
                 break
             messages.append({"role": m["role"], "content": clean(text)})
         if not messages or messages[-1]["role"] != "user":
-            skipped["messages unreadable or not ending with a user turn"] += 1
+            skip(cid, "messages unreadable or not ending with a user turn")
             continue
         answer = clean(output[0])
         if not answer.strip():
-            skipped["empty answer"] += 1
+            skip(cid, "empty answer")
             continue
         answers[cid] = RatedAnswer(
             cid, r["model"] or "unknown", messages, answer, int(r["rating"]),
-            [clean(r["correction"])] if r["correction"] else [], r["user"],
+            [clean(r["correction"])] if r["correction"] else [], [clean(r["comment"])] if r["comment"] else [],
+            r["user"],
         )  # fmt: skip
     return list(answers.values()), skipped, pii
 
@@ -204,7 +214,8 @@ def build_examples(answers: Iterable[RatedAnswer]) -> list[tuple[str, dict[str, 
                 bad.append((a.answer, a.model))
             good += [(c, "correction", a.model) for c in a.corrections]
             add("unpaired", {"messages": messages, "completion": a.answer, "label": a.rating > 0,
-                             "model": a.model, "conversation": conv}, [messages, a.answer, a.rating > 0])  # fmt: skip
+                             "comments": a.comments, "model": a.model, "conversation": conv},
+                [messages, a.answer, a.rating > 0])  # fmt: skip
         for text, source, model in good:
             add("sft", {"messages": [*messages, {"role": "assistant", "content": text}], "source": source,
                         "model": model, "conversation": conv}, [messages, text])  # fmt: skip
