@@ -60,6 +60,23 @@ def model_state_for_saving(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous().cpu() for k, v in sd.items()}
 
 
+def fold_lora(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The ordinary state dict of a model saved with LoRA adapters (`fornalha.finetune.lora`).
+
+    A LoRA layer `NAME` is saved as its frozen `NAME.weight` W beside `NAME.lora_A` A [r, in],
+    `NAME.lora_B` B [out, r] and `NAME.lora_scale` s; folded, `NAME.weight` is W + s·B A and the
+    adapter keys are gone. A state dict without adapters comes back unchanged.
+    """
+    out = {k: v for k, v in state.items() if ".lora_" not in k}
+    for key in state:
+        if key.endswith(".lora_A"):
+            name = key.removesuffix(".lora_A")
+            w, a, b = state[f"{name}.weight"], state[key], state[f"{name}.lora_B"]
+            delta = (b.float() @ a.float()) * state[f"{name}.lora_scale"].float()
+            out[f"{name}.weight"] = (w.float() + delta).to(w.dtype)
+    return out
+
+
 def _fault(point: str, name: str) -> None:
     """Tests only: FORNALHA_FAULT=POINT:NAME kills this process (SIGKILL) at that point of writing
     checkpoint NAME, e.g. `after-model:step-000010` or `between-renames:best`."""
@@ -235,6 +252,7 @@ def load_model(
     """Build a GPT from a checkpoint (see resolve_checkpoint for `path` and `which`), in eval mode."""
     ckpt = resolve_checkpoint(path, which)
     state, meta = load_checkpoint(ckpt)
+    state = fold_lora(state)  # a LoRA fine-tune's step checkpoint loads as the merged, ordinary model
     try:
         config = ModelConfig.from_dict(meta["model_config"])
         model = GPT(config)

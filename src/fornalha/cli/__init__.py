@@ -41,13 +41,39 @@ app = typer.Typer(
 
 
 def _register_all() -> None:
-    from fornalha.cli import data, evaluate, infer, interop, pipeline, recommend, serve, tokenizer, train
+    from fornalha.cli import (
+        data,
+        dpo,
+        evaluate,
+        explain,
+        feedback,
+        infer,
+        interop,
+        pipeline,
+        recommend,
+        serve,
+        tokenizer,
+        train,
+    )  # fmt: skip
 
-    for module in (data, tokenizer, train, evaluate, pipeline, infer, interop, serve, recommend):
+    modules = (
+        data,
+        tokenizer,
+        train,
+        evaluate,
+        pipeline,
+        infer,
+        interop,
+        serve,
+        recommend,
+        feedback,
+        explain,
+    )
+    for module in modules:
         module.register(app)
-    from fornalha.cli import explain  # noqa: I001 - the explain view (issue 13)
-
-    explain.register(app)
+    finetune_app = typer.Typer(help="Fine-tune a run: dpo.", no_args_is_help=True)
+    dpo.register(finetune_app)
+    app.add_typer(finetune_app, name="finetune")
 
 
 _register_all()

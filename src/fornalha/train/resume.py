@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from fornalha.checkpoint import (
+    fold_lora,
     load_checkpoint,
     load_extra,
     prune_checkpoints,
@@ -150,7 +151,8 @@ def is_better(value: float, than: float | None, mode: str, min_delta: float = 0.
 def save_best(run, metrics: dict[str, float]) -> bool:
     """Publish the model as RUN/checkpoints/best unless the best/ already there scored better
     (e.g. from before a --restart). Every rank calls this (FSDP2 shards are gathered)."""
-    weights = gathered_weights(run.raw_model, keep=run.dist.is_main)
+    # best/ is what gets served and exported: LoRA adapters are folded into their weights
+    weights = fold_lora(gathered_weights(run.raw_model, keep=run.dist.is_main))
     if not run.dist.is_main:
         return True
     best_dir = run.dir / "checkpoints" / "best"

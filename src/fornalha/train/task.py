@@ -41,6 +41,8 @@ class Task:
     tokenizer_dir: Path | None = None  # copied into RUN/tokenizer when given
     samples: Callable[[torch.nn.Module], list[str]] | None = None  # text samples shown at evaluations
     extra_files: dict[str, Any] = field(default_factory=dict)  # JSON files written into the run folder
+    # changes the model once its start weights are in, before resume and the optimizers (e.g. LoRA adapters)
+    prepare_model: Callable[[torch.nn.Module], None] | None = None
 
     def __post_init__(self) -> None:
         if self.best_mode not in ("min", "max"):

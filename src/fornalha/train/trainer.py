@@ -205,6 +205,8 @@ def start_run(
         cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update=init_meta["model_config"])})
     else:
         raw_model = GPT(cfg.model_cfg(vocab_size=task.vocab_size))
+    if task.prepare_model is not None:  # e.g. LoRA adapters: their weights are part of a step checkpoint
+        task.prepare_model(raw_model)
     mcfg = raw_model.config
     if task.vocab_size is not None and task.vocab_size > mcfg.vocab_size:
         raise ConfigError(

@@ -1,0 +1,1 @@
+"""Fine-tuning: chat SFT, DPO, LoRA."""
