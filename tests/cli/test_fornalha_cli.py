@@ -29,6 +29,8 @@ COMMANDS = [
     ["export", "hf"],
     ["import", "hf"],
     ["explain"],
+    ["finetune", "dpo"],
+    ["feedback", "export"],
 ]
 
 
