@@ -68,7 +68,7 @@ def fresh_db(pg_url: str, name: str) -> str:
 def test_postgres_concurrent_writers_feedback_and_migrations(pg_url):
     url = fresh_db(pg_url, "store_a")
     store = Store(url)
-    assert current_revision(store.engine) == "0002"
+    assert current_revision(store.engine) == "0003"
 
     def writer(t: int) -> None:
         for j in range(25):
@@ -101,7 +101,7 @@ def test_postgres_upgrade_from_previous_revision(pg_url):
         )
     engine.dispose()
     store = Store(url)
-    assert current_revision(store.engine) == "0002"
+    assert current_revision(store.engine) == "0003"
     store.record_feedback("old", -1, correction="better")
     assert [r["correction"] for r in store.list_feedback("old")] == ["better"]
     store.close()

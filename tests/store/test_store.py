@@ -42,7 +42,7 @@ def test_sqlite_is_in_wal_mode_and_at_head(db_url):
     store = Store(db_url)
     with store.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
-    assert current_revision(store.engine) == "0002"
+    assert current_revision(store.engine) == "0003"
     store.close()
 
 
@@ -136,7 +136,7 @@ def test_bad_feedback_is_refused_and_nothing_written(db_url, args, error, monkey
 def test_upgrade_from_empty_and_from_previous_revision(tmp_path):
     empty = make_engine(f"sqlite:///{tmp_path / 'empty.db'}")
     upgrade(empty)
-    assert current_revision(empty) == "0002"
+    assert current_revision(empty) == "0003"
     cols = {c["name"] for c in sa.inspect(empty).get_columns("feedback")}
     assert {"user", "correction"} <= cols
 
@@ -153,7 +153,7 @@ def test_upgrade_from_empty_and_from_previous_revision(tmp_path):
         conn.exec_driver_sql("INSERT INTO feedback (completion_id, created, rating) VALUES ('old-1', 1.0, 1)")
     old.dispose()
     store = Store(old_url)  # runs `alembic upgrade head`
-    assert current_revision(store.engine) == "0002"
+    assert current_revision(store.engine) == "0003"
     store.record_feedback("old-1", -1, correction="better")
     assert [(r["rating"], r["correction"]) for r in store.list_feedback("old-1")] == [
         (1, None),

@@ -51,6 +51,7 @@ def _register_all() -> None:
         interop,
         pipeline,
         recommend,
+        registry,
         serve,
         tokenizer,
         train,
@@ -68,6 +69,7 @@ def _register_all() -> None:
         recommend,
         feedback,
         explain,
+        registry,
     )
     for module in modules:
         module.register(app)

@@ -8,6 +8,7 @@ finish for at most --drain-timeout seconds, and exits 0.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -22,7 +23,9 @@ def _opt(flag: str, env: str, help: str) -> typer.models.OptionInfo:  # noqa: A0
 
 
 def serve_command(
-    run: Annotated[Path, _opt("--run", "FORNALHA_RUN", "Run folder to serve (its best checkpoint).")],
+    run: Annotated[
+        Path | None, _opt("--run", "FORNALHA_RUN", "Run folder to serve (its best checkpoint).")
+    ] = None,
     host: Annotated[str, _opt("--host", "FORNALHA_HOST", "Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, _opt("--port", "FORNALHA_PORT", "TCP port.")] = 8000,
     model_name: Annotated[
@@ -75,6 +78,33 @@ def serve_command(
     no_log_prompts: Annotated[
         bool, _opt("--no-log-prompts", "FORNALHA_NO_LOG_PROMPTS", "Store only metadata, not texts.")
     ] = False,
+    # --- issue 15 (registry helper): serve a registry's champion, switch on promotion ---
+    registry: Annotated[
+        Path | None,
+        _opt(
+            "--registry",
+            "FORNALHA_REGISTRY",
+            "Serve this model registry's champion instead of --run; "
+            "switch without a restart when another version is promoted.",
+        ),
+    ] = None,  # fmt: skip
+    registry_poll: Annotated[
+        float,
+        _opt(
+            "--registry-poll",
+            "FORNALHA_REGISTRY_POLL",
+            "Seconds between looks at the champion alias (0: never).",
+        ),
+    ] = 2.0,
+    admin_keys_file: Annotated[
+        Path | None,
+        _opt(
+            "--admin-keys-file",
+            "FORNALHA_ADMIN_KEYS_FILE",
+            "Keys for POST /admin/reload, one per line "
+            "(else env FORNALHA_ADMIN_KEYS, comma-separated; none: admin endpoints off).",
+        ),
+    ] = None,  # fmt: skip
 ) -> None:
     """Serve a run over OpenAI's HTTP API (completions, chat, embeddings) with continuous batching."""
     import uvicorn
@@ -88,6 +118,19 @@ def serve_command(
     if not 0 < port < 65536:
         raise ConfigError(f"--port must be in 1..65535, got {port}")
     keys = load_keys(api_keys_file)
+    if (run is None) == (registry is None):
+        raise ConfigError("give --run RUN or --registry DIR (one of them)")
+    version = None
+    if registry is not None:  # issue 15: the champion's folder is a run folder
+        from fornalha.improve.registry import champion_of, default_db_url
+
+        found = champion_of(registry)
+        if found is None:
+            raise ConfigError(f"the registry {registry} has no champion yet; register a run first")
+        version, run = found
+        db = db or default_db_url(registry)
+        model_name = model_name or registry.resolve().name
+    assert run is not None
     from fornalha.serve import web
     from fornalha.serve.store import Store
 
@@ -101,8 +144,10 @@ def serve_command(
     name = model_name or run.resolve().name
     app = create_app(
         engine, tokenizer, model_name=name, api_keys=keys, rate_limit=rate_limit, rate_burst=rate_burst,
-        max_queue=max_queue, request_timeout=request_timeout, store=store,
+        max_queue=max_queue, request_timeout=request_timeout, store=store, model_version=version,
     )  # fmt: skip
+    if registry is not None:
+        _serve_registry(app, registry, registry_poll, admin_keys_file, run, device, max_batch)
     app.state.extra_routers.append(web.router)  # GET / (the chat page) and POST /v1/feedback
     if rec is not None:
         from fornalha.recommend.api import build_router
@@ -122,7 +167,8 @@ def serve_command(
     )  # fmt: skip
     server = Server(config)
     auth = f"{len(keys)} API key(s)" if keys else "no API key (open)"
-    print(f"serving {name} at http://{host}:{port}/v1 ({auth}; max batch {max_batch}, queue {max_queue})",
+    shown = f"{name} version {version}" if version else name  # issue 15: the registry version served
+    print(f"serving {shown} at http://{host}:{port}/v1 ({auth}; max batch {max_batch}, queue {max_queue})",
           flush=True)  # fmt: skip
     try:
         server.run()
@@ -131,6 +177,29 @@ def serve_command(
     if not server.started:
         raise FornalhaError(f"could not start the server on {host}:{port} (is the port in use?)")
     print("server stopped", file=sys.stderr, flush=True)
+
+
+def _serve_registry(app, registry: Path, poll: float, admin_keys_file: Path | None, first: Path, device: str,
+                    max_batch: int) -> None:  # fmt: skip
+    """Issue 15: watch the registry's champion alias and mount POST /admin/reload (see serve/swap.py)."""
+    from fornalha.cli.infer import _load_engine
+    from fornalha.files import file_sha256
+    from fornalha.improve.registry import champion_of
+    from fornalha.serve.auth import load_keys
+    from fornalha.serve.swap import SwapError, admin_router, watch
+
+    admin_keys = load_keys(admin_keys_file, env=os.environ.get("FORNALHA_ADMIN_KEYS", ""))
+    tokenizer_sha = file_sha256(first / "tokenizer" / "tokenizer.json")
+
+    def load(path: Path):  # noqa: ANN202 - an Engine, built in a worker thread
+        if file_sha256(path / "tokenizer" / "tokenizer.json") != tokenizer_sha:
+            raise SwapError(f"{path} has another tokenizer than the version being served; restart the server")
+        return _load_engine(path, "best", device, "auto", max_batch, prefix_caching=True)[0]
+
+    slot = app.state.slot
+    app.state.extra_routers.append(admin_router(slot, admin_keys, lambda: champion_of(registry), load))
+    if poll > 0:
+        app.state.background.append(lambda _app: watch(slot, lambda: champion_of(registry), load, poll))
 
 
 def register(app: typer.Typer) -> None:

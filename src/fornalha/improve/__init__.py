@@ -1,1 +1,1 @@
-"""Continuous improvement: data from feedback (and, beside it, the registry and the evaluation gate)."""
+"""Continuous improvement: feedback export, the model registry, the evaluation gate, promotion."""

@@ -6,4 +6,5 @@ auth.py       API keys (constant-time compare) and per-key token buckets
 metrics.py    Prometheus metrics (prometheus-client)
 async_engine.py  the engine's own thread and the asyncio bridge to it
 app.py        the FastAPI app: `create_app(engine, tokenizer, ...)`
+swap.py       hot swap: the version a request keeps to its end, the registry watcher, /admin/reload
 """

@@ -13,7 +13,11 @@ gives server-sent events ending in ``data: [DONE]``), ``POST /v1/embeddings``, `
 
 Seams for what builds on this server: ``app.state.store`` (an object with
 ``record_completion(dict)`` and ``close()``), ``app.state.extra_routers`` (routers the CLI adds
-before the app starts serving — the web page, the recommender) and every response's ``id``.
+before the app starts serving — the web page, the recommender), ``app.state.background`` (coroutine
+functions of the app run for the server's life — the registry watcher) and every response's ``id``.
+
+Hot swap (swap.py): every request takes ``app.state.slot.current`` (an engine runner and the model
+version) once, when it arrives, and uses it to its end; a swap only changes what later requests take.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from fornalha.serve.auth import KeyChecker, RateLimiter
 from fornalha.serve.errors import APIError, error_body, install_error_handlers
 from fornalha.serve.metrics import Metrics
 from fornalha.serve.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, _Sampling
+from fornalha.serve.swap import ModelSlot, Served
 
 MAX_BODY_BYTES = 1 << 20
 
@@ -107,6 +112,7 @@ def create_app(
     request_timeout: float | None = 600.0,
     max_body_bytes: int = MAX_BODY_BYTES,
     store: Any = None,
+    model_version: str | None = None,
 ) -> FastAPI:
     """The server for `engine` (which it runs in its own thread from startup to shutdown).
 
@@ -114,19 +120,24 @@ def create_app(
     per key (None: unlimited), with bursts of rate_burst. max_queue: sequences that may wait for
     a KV-cache slot before new requests get 429. request_timeout: seconds per request.
     store: where finished completions are recorded (see the module docstring), or None.
+    model_version: the registry version served (`system_fingerprint` of every response), or None.
     """
     metrics = Metrics()
 
-    hits = {"seen": 0}
+    hits: dict[int, int] = {}  # engine id -> prefix-hit tokens already counted (hot swap: several engines)
 
     def on_step(eng: Engine) -> None:
         metrics.queue_depth.set(eng.num_waiting)
         metrics.running.set(eng.num_running)
-        if eng.prefix_hit_tokens > hits["seen"]:
-            metrics.prefix_hit_tokens.inc(eng.prefix_hit_tokens - hits["seen"])
-            hits["seen"] = eng.prefix_hit_tokens
+        seen = hits.get(id(eng), 0)
+        if eng.prefix_hit_tokens > seen:
+            metrics.prefix_hit_tokens.inc(eng.prefix_hit_tokens - seen)
+            hits[id(eng)] = eng.prefix_hit_tokens
 
-    runner = AsyncEngine(engine, max_queue=max_queue, request_timeout=request_timeout, on_step=on_step)
+    def make_runner(eng: Engine) -> AsyncEngine:
+        return AsyncEngine(eng, max_queue=max_queue, request_timeout=request_timeout, on_step=on_step)
+
+    slot = ModelSlot(Served(make_runner(engine), model_version), make_runner)
     keys = KeyChecker(api_keys or [])
     limiter = RateLimiter(rate_limit, rate_burst)
     created = int(time.time())
@@ -136,18 +147,23 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         for router in app.state.extra_routers:
             app.include_router(router)
-        runner.start()
+        slot.start()
+        tasks = [asyncio.create_task(fn(app)) for fn in app.state.background]
         try:
             yield
         finally:
-            runner.stop()
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            slot.stop()
             if app.state.store is not None:
                 app.state.store.close()
 
     app = FastAPI(title="fornalha", version="1", lifespan=lifespan)
     app.state.store = store
     app.state.extra_routers = []
-    app.state.engine = runner
+    app.state.background = []
+    app.state.slot = slot
     app.state.metrics = metrics
     app.state.model_name = model_name
     app.state.tokenizer = tokenizer
@@ -219,7 +235,7 @@ def create_app(
     def deadline() -> float | None:
         return None if request_timeout is None else time.monotonic() + request_timeout
 
-    def reserve(n: int) -> None:
+    def reserve(runner: AsyncEngine, n: int) -> None:
         try:
             runner.reserve(n)
         except QueueFull as exc:
@@ -227,7 +243,9 @@ def create_app(
                 429, f"{exc}; retry shortly", code="queue_full", headers={"Retry-After": "1"}
             ) from None
 
-    async def merged(jobs: list[tuple[list[int], SamplingParams]]) -> AsyncIterator[tuple[int, Event]]:
+    async def merged(
+        runner: AsyncEngine, jobs: list[tuple[list[int], SamplingParams]]
+    ) -> AsyncIterator[tuple[int, Event]]:
         """Events of several sequences (the n choices, the prompts) as (choice index, event)."""
         q: asyncio.Queue = asyncio.Queue()
         end = deadline()
@@ -278,7 +296,7 @@ def create_app(
             self.logprobs: list[Event] = []
 
     def record(kind: str, rid: str, req: Any, choices: list[_Choice], prompt_tokens: int, start: float,
-               ttft: float | None, user: str | None) -> None:  # fmt: skip
+               ttft: float | None, user: str | None, version: str | None = None) -> None:  # fmt: skip
         st = app.state.store
         if st is None:
             return
@@ -287,7 +305,7 @@ def create_app(
             "request": req.model_dump(exclude_none=True), "output": ["".join(c.text) for c in choices],
             "finish_reasons": [c.finish_reason for c in choices], "prompt_tokens": prompt_tokens,
             "completion_tokens": sum(c.tokens for c in choices), "latency_ms": (time.perf_counter() - start) * 1e3,
-            "ttft_ms": None if ttft is None else ttft * 1e3, "user": user,
+            "ttft_ms": None if ttft is None else ttft * 1e3, "user": user, "model_version": version,
         })  # fmt: skip
 
     def observe(choices: list[_Choice], prompt_tokens: int, start: float) -> None:
@@ -296,13 +314,14 @@ def create_app(
         metrics.latency.observe(time.perf_counter() - start)
 
     async def run(
-        kind: str, rid: str, req: Any, jobs: list[tuple[list[int], SamplingParams]], prompt_tokens: int,
+        srv: Served, kind: str, rid: str, req: Any, jobs: list[tuple[list[int], SamplingParams]], prompt_tokens: int,
         make_chunk: Callable[[int, Event, _Choice], dict | None], first_chunks: list[dict],
         final: Callable[[list[_Choice]], dict], usage_chunk: Callable[[dict], dict], stream: bool,
         include_usage: bool,
     ) -> Any:  # fmt: skip
-        """Drive the jobs; a JSON response (final(choices)) or an SSE stream of chunks."""
-        reserve(len(jobs))
+        """Drive the jobs on srv's engine; a JSON response (final(choices)) or an SSE stream of chunks."""
+        runner = srv.runner
+        reserve(runner, len(jobs))
         start = time.perf_counter()
         choices = [_Choice() for _ in jobs]
         state: dict[str, Any] = {"ttft": None, "last": {}}
@@ -335,14 +354,14 @@ def create_app(
 
         if not stream:
             try:
-                async for i, ev in merged(jobs):
+                async for i, ev in merged(runner, jobs):
                     book(i, ev)
             except RequestTimeout as exc:
                 raise APIError(408, str(exc), code="timeout") from None
             finally:
                 runner.release(len(jobs))
             observe(choices, prompt_tokens, start)
-            record(kind, rid, req, choices, prompt_tokens, start, state["ttft"], req.user)
+            record(kind, rid, req, choices, prompt_tokens, start, state["ttft"], req.user, srv.version)
             body = final(choices)
             body["usage"] = usage()
             return JSONResponse(body)
@@ -358,7 +377,7 @@ def create_app(
             try:
                 for chunk in first_chunks:
                     yield f"data: {json.dumps(chunk)}\n\n"
-                async for i, ev in merged(jobs):
+                async for i, ev in merged(runner, jobs):
                     book(i, ev)
                     chunk = make_chunk(i, ev, choices[i])
                     if chunk is not None:
@@ -367,7 +386,7 @@ def create_app(
                     yield f"data: {json.dumps(usage_chunk(usage()))}\n\n"
                 observe(choices, prompt_tokens, start)
                 # recorded before [DONE]: a rating posted right after the stream finds its completion
-                record(kind, rid, req, choices, prompt_tokens, start, state["ttft"], req.user)
+                record(kind, rid, req, choices, prompt_tokens, start, state["ttft"], req.user, srv.version)
                 state["recorded"] = True
                 yield "data: [DONE]\n\n"
             except RequestTimeout as exc:
@@ -376,7 +395,9 @@ def create_app(
                 if not state.get("recorded"):  # stopped by the client: kept, so it can still be rated
                     for c in choices:
                         c.finish_reason = c.finish_reason or "abort"
-                    record(kind, rid, req, choices, prompt_tokens, start, state["ttft"], req.user)
+                    record(
+                        kind, rid, req, choices, prompt_tokens, start, state["ttft"], req.user, srv.version
+                    )
                 release_once()
 
         stream_body = sse()
@@ -389,7 +410,9 @@ def create_app(
 
     # ---- routes -------------------------------------------------------------------------------
     def model_card() -> dict[str, Any]:
-        return {"id": model_name, "object": "model", "created": created, "owned_by": "fornalha"}
+        version = slot.current.version
+        card = {"id": model_name, "object": "model", "created": created, "owned_by": "fornalha"}
+        return card if version is None else {**card, "version": version}
 
     @v1.get("/models")
     async def list_models() -> dict[str, Any]:
@@ -402,6 +425,7 @@ def create_app(
 
     @v1.post("/chat/completions")
     async def chat_completions(req: ChatCompletionRequest) -> Any:
+        srv = slot.current  # this request's model version, to its last token
         check_model(req.model)
         if req.max_tokens is not None and req.max_completion_tokens is not None:
             raise APIError(400, "give max_tokens or max_completion_tokens, not both", param="max_tokens")
@@ -416,7 +440,8 @@ def create_app(
                           (top or 0) if req.logprobs else None)  # fmt: skip
         rid, now = _now_id("chatcmpl"), int(time.time())
         jobs = [(ids, params.with_(seed=None if req.seed is None else req.seed + j)) for j in range(req.n)]
-        base = {"id": rid, "object": "chat.completion.chunk", "created": now, "model": model_name}
+        base = {"id": rid, "object": "chat.completion.chunk", "created": now, "model": model_name,
+                **srv.fingerprint}  # fmt: skip
 
         def chunk(i: int, ev: Event, c: _Choice) -> dict | None:
             if not ev.text and not ev.finished and ev.logprob is None:
@@ -442,14 +467,16 @@ def create_app(
                 "created": now,
                 "model": model_name,
                 "choices": out,
+                **srv.fingerprint,
             }
 
         include = bool(req.stream_options and req.stream_options.include_usage)
-        return await run("chat.completions", rid, req, jobs, len(ids), chunk, firsts, final,
+        return await run(srv, "chat.completions", rid, req, jobs, len(ids), chunk, firsts, final,
                          lambda u: {**base, "choices": [], "usage": u}, req.stream, include)  # fmt: skip
 
     @v1.post("/completions")
     async def completions(req: CompletionRequest) -> Any:
+        srv = slot.current  # this request's model version, to its last token
         check_model(req.model)
         bos = getattr(tokenizer, "bos_id", None)
         if isinstance(req.prompt, str):
@@ -471,7 +498,13 @@ def create_app(
                 (ids, params.with_(seed=None if req.seed is None else req.seed + j)) for j in range(req.n)
             ]
         rid, now = _now_id("cmpl"), int(time.time())
-        base = {"id": rid, "object": "text_completion", "created": now, "model": model_name}
+        base = {
+            "id": rid,
+            "object": "text_completion",
+            "created": now,
+            "model": model_name,
+            **srv.fingerprint,
+        }
 
         def logprobs_of(events: list[Event]) -> dict[str, Any]:
             tokens, lps, tops, offsets, at = [], [], [], [], 0
@@ -500,7 +533,7 @@ def create_app(
 
         include = bool(req.stream_options and req.stream_options.include_usage)
         prompt_tokens = sum(len(ids) for ids in id_lists)
-        return await run("completions", rid, req, jobs, prompt_tokens, chunk, [], final,
+        return await run(srv, "completions", rid, req, jobs, prompt_tokens, chunk, [], final,
                          lambda u: {**base, "choices": [], "usage": u}, req.stream, include)  # fmt: skip
 
     @v1.post("/embeddings")
@@ -520,7 +553,7 @@ def create_app(
                     for x in items]  # fmt: skip
         for ids in id_lists:
             check_context(ids, "input")
-        vectors = await runner.call(lambda eng: eng.embed(id_lists))
+        vectors = await slot.current.runner.call(lambda eng: eng.embed(id_lists))
         data = []
         for i, vec in enumerate(vectors):
             arr = np.asarray(vec, dtype=np.float32)
@@ -545,8 +578,9 @@ def create_app(
 
     @app.get("/ready")
     async def ready() -> Any:
-        if runner.alive:
-            return {"status": "ready", "model": model_name}
+        if slot.current.runner.alive:
+            version = slot.current.version
+            return {"status": "ready", "model": model_name, **({"version": version} if version else {})}
         return JSONResponse(error_body(503, "the engine is not running"), 503)
 
     @app.get("/metrics")

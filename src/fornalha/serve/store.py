@@ -61,6 +61,7 @@ completions = sa.Table(
     sa.Column("ttft_ms", sa.Float, nullable=True),
     sa.Column("user", sa.String(MAX_USER_CHARS), nullable=True),
     sa.Column("prompts_logged", sa.Boolean, nullable=False),
+    sa.Column("model_version", sa.String(64), nullable=True),  # 0003: the registry version that answered
 )
 feedback = sa.Table(
     "feedback",
@@ -72,6 +73,70 @@ feedback = sa.Table(
     sa.Column("comment", sa.Text, nullable=True),
     sa.Column("user", sa.String(MAX_USER_CHARS), nullable=True),
     sa.Column("correction", sa.Text, nullable=True),
+)
+
+
+# --- 0003: the continuous-improvement loop (fornalha.improve) ------------------------------------------
+# Model versions and promotion decisions mirror a registry's registry.json (written by
+# fornalha.improve.registry); preference pairs and ingested documents are the loop's new data.
+model_versions = sa.Table(
+    "model_versions",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("registry", sa.String(1024), nullable=False),
+    sa.Column("version", sa.String(64), nullable=False),
+    sa.Column("number", sa.Integer, nullable=False),
+    sa.Column("created", sa.Float, nullable=False),
+    sa.Column("created_by", sa.String(256), nullable=True),
+    sa.Column("source", sa.String(2048), nullable=True),
+    sa.Column("parent", sa.String(64), nullable=True),
+    sa.Column("config", sa.Text, nullable=True),
+    sa.Column("data_hashes", sa.Text, nullable=True),
+    sa.Column("metrics", sa.Text, nullable=True),
+    sa.Column("path", sa.String(2048), nullable=False),
+)
+promotion_decisions = sa.Table(
+    "promotion_decisions",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("registry", sa.String(1024), nullable=False),
+    sa.Column("decision", sa.String(64), nullable=False),
+    sa.Column("created", sa.Float, nullable=False),
+    sa.Column("action", sa.String(16), nullable=False),
+    sa.Column("challenger", sa.String(64), nullable=True),
+    sa.Column("champion_before", sa.String(64), nullable=True),
+    sa.Column("champion_after", sa.String(64), nullable=True),
+    sa.Column("promoted", sa.Boolean, nullable=False),
+    sa.Column("forced", sa.Boolean, nullable=False),
+    sa.Column("numbers", sa.Text, nullable=True),
+    sa.Column("reasons", sa.Text, nullable=True),
+    sa.Column("policy", sa.Text, nullable=True),
+    sa.Column("created_by", sa.String(256), nullable=True),
+)
+preference_pairs = sa.Table(
+    "preference_pairs",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("created", sa.Float, nullable=False),
+    sa.Column("source", sa.String(32), nullable=False),  # "regenerate", "compare", "import", ...
+    sa.Column("conversation_id", sa.String(64), nullable=True),
+    sa.Column("prompt", sa.Text, nullable=False),  # JSON: the messages before the answer
+    sa.Column("chosen", sa.Text, nullable=False),
+    sa.Column("rejected", sa.Text, nullable=False),
+    sa.Column("chosen_completion_id", sa.String(64), nullable=True),
+    sa.Column("rejected_completion_id", sa.String(64), nullable=True),
+    sa.Column("user", sa.String(MAX_USER_CHARS), nullable=True),
+)
+ingested_documents = sa.Table(
+    "ingested_documents",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("created", sa.Float, nullable=False),
+    sa.Column("sha256", sa.String(64), nullable=False, unique=True),
+    sa.Column("source", sa.String(2048), nullable=True),
+    sa.Column("text", sa.Text, nullable=False),
+    sa.Column("meta", sa.Text, nullable=True),
+    sa.Column("dataset", sa.String(2048), nullable=True),
 )
 
 
@@ -153,6 +218,7 @@ def _row_from_record(record: dict, log_prompts: bool) -> dict:
         "ttft_ms": record.get("ttft_ms"),
         "user": (str(record["user"])[:MAX_USER_CHARS] if record.get("user") else None),
         "prompts_logged": bool(log_prompts),
+        "model_version": (str(record["model_version"])[:64] if record.get("model_version") else None),
     }
 
 
@@ -290,6 +356,67 @@ class Store:
             n_c = conn.execute(sa.select(sa.func.count()).select_from(completions)).scalar_one()
             n_f = conn.execute(sa.select(sa.func.count()).select_from(feedback)).scalar_one()
         return {"completions": int(n_c), "feedback": int(n_f)}
+
+    # --- 0003: preference pairs and ingested documents (the improvement loop's new data) --------------
+    def record_preference_pair(
+        self,
+        prompt: list[dict],
+        chosen: str,
+        rejected: str,
+        *,
+        source: str,
+        conversation_id: str | None = None,
+        chosen_completion_id: str | None = None,
+        rejected_completion_id: str | None = None,
+        user: str | None = None,
+    ) -> int:
+        """Store one "A is better than B" judgement; durable when it returns. Returns its id."""
+        if not isinstance(prompt, list) or not all(isinstance(m, dict) for m in prompt):
+            raise StoreError("prompt must be a list of chat messages")
+        if not all(isinstance(t, str) and t for t in (chosen, rejected)):
+            raise StoreError("chosen and rejected must be non-empty strings")
+        if chosen == rejected:
+            raise StoreError("chosen and rejected are the same answer")
+        row = {
+            "created": time.time(), "source": str(source)[:32], "conversation_id": conversation_id,
+            "prompt": json.dumps(prompt, ensure_ascii=False), "chosen": chosen, "rejected": rejected,
+            "chosen_completion_id": chosen_completion_id, "rejected_completion_id": rejected_completion_id,
+            "user": user[:MAX_USER_CHARS] if user else None,
+        }  # fmt: skip
+        with self.engine.begin() as conn:
+            return int(conn.execute(preference_pairs.insert().values(**row)).inserted_primary_key[0])
+
+    def list_preference_pairs(self) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = [
+                dict(r._mapping)
+                for r in conn.execute(sa.select(preference_pairs).order_by(preference_pairs.c.id))
+            ]
+        for r in rows:
+            r["prompt"] = json.loads(r["prompt"])
+        return rows
+
+    def record_document(
+        self, text: str, *, source: str | None = None, meta: dict | None = None
+    ) -> int | None:
+        """Store one newly ingested document; None when the same text (sha256) is already there."""
+        import hashlib
+
+        if not isinstance(text, str) or not text.strip():
+            raise StoreError("a document must be non-empty text")
+        digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+        row = {"created": time.time(), "sha256": digest, "source": source, "text": text,
+               "meta": json.dumps(meta or {}, ensure_ascii=False)}  # fmt: skip
+        try:
+            with self.engine.begin() as conn:
+                return int(conn.execute(ingested_documents.insert().values(**row)).inserted_primary_key[0])
+        except sa.exc.IntegrityError:
+            return None
+
+    def list_documents(self) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            query = sa.select(ingested_documents).order_by(ingested_documents.c.id)
+            return [dict(r._mapping) for r in conn.execute(query)]
 
     def close(self, timeout: float = 10.0) -> None:
         """Write everything queued, then stop the writer and dispose of the engine."""

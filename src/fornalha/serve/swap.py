@@ -1,0 +1,189 @@
+"""Switching the served model without a restart, and without touching a request already running.
+
+A request takes the model it will use *once*, when it arrives (`ModelSlot.current`: an engine
+runner and the version's id), and keeps it to its last token. Switching is then only a matter of
+what the *next* request takes::
+
+    swap(version, load):
+        engine  = load()                      in a worker thread: serving goes on meanwhile
+        runner  = a new engine thread for it  (the old one keeps decoding its own requests)
+        current = (runner, version)           one assignment on the event loop: atomic for requests
+        later:  when the old runner has no sequence in flight, stop it (its memory goes with it)
+
+So for a moment two engines run side by side; nothing waits, nothing is cut, and a stream never
+mixes two models. A version that cannot be loaded, or whose vocabulary or context differs from the
+one being served (the HTTP layer validates prompts against them), is refused and the current
+version keeps serving.
+
+Two ways to trigger a switch (`fornalha serve --registry DIR`): `watch` polls the registry's
+`champion` alias every few seconds, and the admin router's ``POST /admin/reload`` switches at once
+(behind its own keys: ``Authorization: Bearer ADMIN_KEY``, never an ordinary API key).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+
+from fornalha.infer.engine import Engine
+from fornalha.serve.async_engine import AsyncEngine
+from fornalha.serve.auth import KeyChecker
+from fornalha.serve.errors import APIError
+
+log = logging.getLogger(__name__)
+
+
+class SwapError(Exception):
+    """The new version could not be loaded or does not fit the server; the old one keeps serving."""
+
+
+@dataclass
+class Served:
+    """What one request uses from start to finish."""
+
+    runner: AsyncEngine
+    version: str | None = None
+
+    @property
+    def fingerprint(self) -> dict[str, str]:
+        """Extra response fields naming the version (OpenAI's `system_fingerprint`); none without a registry."""
+        return {} if self.version is None else {"system_fingerprint": self.version}
+
+
+@dataclass
+class ModelSlot:
+    """The version new requests get; `swap` replaces it, old runners retire when drained."""
+
+    current: Served
+    make_runner: Callable[[Engine], AsyncEngine]
+    swaps: int = 0
+    retiring: list[Served] = field(default_factory=list)
+    _lock: asyncio.Lock | None = None
+    _tasks: set = field(default_factory=set)
+
+    def start(self) -> None:
+        self.current.runner.start()
+
+    def stop(self) -> None:
+        for served in [self.current, *self.retiring]:
+            served.runner.stop()
+
+    async def swap(self, version: str, load: Callable[[], Engine]) -> bool:
+        """Serve `version` (load() builds its engine) from the next request on; False if already served."""
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:  # one switch at a time
+            if version == self.current.version:
+                return False
+            try:
+                engine = await asyncio.to_thread(load)
+            except Exception as exc:
+                raise SwapError(f"cannot load version {version}: {exc}") from exc
+            old_engine = self.current.runner.engine
+            if (
+                engine.config.vocab_size != old_engine.config.vocab_size
+                or engine.max_seq_len != old_engine.max_seq_len
+            ):
+                raise SwapError(
+                    f"version {version} has vocabulary {engine.config.vocab_size} and context {engine.max_seq_len}; "
+                    f"the server was started with {old_engine.config.vocab_size} and {old_engine.max_seq_len}: restart it"
+                )
+            runner = self.make_runner(engine)
+            runner.start()
+            old, self.current = self.current, Served(runner, version)
+            self.swaps += 1
+            self.retiring.append(old)
+            task = asyncio.create_task(self._retire(old))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            log.warning("now serving %s (was %s)", version, old.version)
+            return True
+
+    async def _retire(self, old: Served) -> None:
+        """Stop the old runner once its last in-flight sequence has finished (streams included)."""
+        while old.runner.in_flight > 0 and old.runner.alive:
+            await asyncio.sleep(0.05)
+        await asyncio.to_thread(old.runner.stop)
+        self.retiring.remove(old)
+
+
+async def watch(
+    slot: ModelSlot,
+    champion: Callable[[], tuple[str, Path] | None],
+    load: Callable[[Path], Engine],
+    interval: float,
+) -> None:
+    """Poll `champion()` every `interval` seconds; switch when it names another version.
+
+    A version that failed to load is not retried until the champion changes again.
+    """
+    failed: str | None = None
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            found = await asyncio.to_thread(champion)
+        except Exception as exc:  # a registry file being replaced, a disk hiccup: try again next time
+            log.warning("registry: cannot read the champion: %s", exc)
+            continue
+        if found is None or found[0] in (slot.current.version, failed):
+            continue
+        vid, path = found
+        try:
+            await slot.swap(vid, lambda path=path: load(path))
+            failed = None
+        except SwapError as exc:
+            failed = vid
+            log.error("registry: %s; still serving %s", exc, slot.current.version)
+
+
+def admin_router(
+    slot: ModelSlot,
+    admin_keys: list[str],
+    champion: Callable[[], tuple[str, Path] | None],
+    load: Callable[[Path], Engine],
+) -> APIRouter:
+    """``POST /admin/reload`` (serve the registry's champion now) and ``GET /admin/status``."""
+    keys = KeyChecker(admin_keys)
+
+    async def admin_only(request: Request) -> None:
+        if not keys.enabled:
+            raise APIError(403, "admin endpoints are disabled: start the server with --admin-keys-file "
+                           "or FORNALHA_ADMIN_KEYS", code="admin_disabled")  # fmt: skip
+        header = request.headers.get("authorization", "")
+        presented = header[7:].strip() if header[:7].lower() == "bearer " else None
+        if keys.check(presented) is None:
+            raise APIError(401, "missing or invalid admin key (send Authorization: Bearer ADMIN_KEY)",
+                           code="invalid_admin_key")  # fmt: skip
+
+    router = APIRouter(prefix="/admin", dependencies=[Depends(admin_only)])
+
+    def status() -> dict[str, Any]:
+        return {"object": "admin.status", "version": slot.current.version, "swaps": slot.swaps,
+                "retiring": [s.version for s in slot.retiring]}  # fmt: skip
+
+    @router.get("/status")
+    async def get_status() -> dict[str, Any]:
+        return status()
+
+    @router.post("/reload")
+    async def reload() -> dict[str, Any]:
+        try:
+            found = await asyncio.to_thread(champion)
+        except Exception as exc:
+            raise APIError(409, f"cannot read the registry: {exc}", code="registry_unreadable") from None
+        if found is None:
+            raise APIError(409, "the registry has no champion", code="no_champion")
+        previous = slot.current.version
+        try:
+            swapped = await slot.swap(found[0], lambda: load(found[1]))
+        except SwapError as exc:
+            raise APIError(409, f"{exc}; still serving {previous}", code="swap_failed") from None
+        return {**status(), "previous": previous, "swapped": swapped}
+
+    return router
