@@ -31,6 +31,7 @@ COMMANDS = [
     ["explain"],
     ["finetune", "dpo"],
     ["feedback", "export"],
+    ["registry", "promote"],
 ]
 
 
