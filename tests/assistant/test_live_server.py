@@ -152,3 +152,24 @@ def test_chat_cli_shows_sources_and_drops_old_turns(run_dir, docs_dir, tmp_path,
     saved = json.loads((tmp_path / "chat.json").read_text())
     assert saved["messages"][0]["content"].startswith("tomato " + "y")  # the first exchange was forgotten
     assert len(out.strip("\n").split("\n")) == 3  # three replies
+
+
+def test_hybrid_retrieval_runs_on_the_engine_thread(run_dir, docs_dir):
+    """--retrieval hybrid: the query's embedding is computed between decode steps; sources still come back."""
+    from assistant_helpers import Server
+
+    srv = Server(run_dir, "--docs", str(docs_dir), "--retrieval", "hybrid", "--docs-top-k", "3")
+    try:
+        r = httpx.post(srv.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"}, timeout=60,
+                       json={"model": "tiny", "max_tokens": 4, "temperature": 0,
+                             "messages": [{"role": "user", "content": "how many hours of sun do tomato plants need"}]})  # fmt: skip
+        assert r.status_code == 200, r.text
+        sources = r.json()["sources"]
+        assert len(sources) == 3  # the embedding ranking reaches every passage
+        assert "garden/tomatoes.txt" in [
+            s["path"] for s in sources
+        ]  # first for BM25: near the top when fused
+        assert all(0 < s["score"] <= 2 / 61 for s in sources)  # reciprocal-rank scores
+    finally:
+        code, err = srv.stop()
+    assert code == 0 and "(hybrid)" in err
