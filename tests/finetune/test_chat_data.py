@@ -14,8 +14,8 @@ from fornalha.finetune.chat_data import (
     render_with_mask,
     split_examples,
 )
-from fornalha.tokenizer.chat import SPECIAL_IDS
 from fornalha.tokenizer.char import CharTokenizer
+from fornalha.tokenizer.chat import SPECIAL_IDS
 
 QA = {"prompt": "Qual é o seu nome?", "completion": "Sou a Aira.", "answer_id": 1}
 MESSAGES = {
@@ -81,7 +81,12 @@ def test_every_shape_becomes_conversations(tmp_path):
     ]
     groups = [e.group for e in data.examples]
     assert groups[0] == "answer:1" and groups[1] == "t1" and groups[6] == "tree-9"
-    assert [e.source for e in data.examples][:4] == ["mix.jsonl:1", "mix.jsonl:2", "mix.jsonl:3", "mix.jsonl:3#1"]
+    assert [e.source for e in data.examples][:4] == [
+        "mix.jsonl:1",
+        "mix.jsonl:2",
+        "mix.jsonl:3",
+        "mix.jsonl:3#1",
+    ]
 
 
 def test_bad_records_are_skipped_with_their_line_numbers(tmp_path):
@@ -96,7 +101,13 @@ def test_bad_records_are_skipped_with_their_line_numbers(tmp_path):
     ]
     data = read_chat_data([write_jsonl(tmp_path / "bad.jsonl", rows)])
     assert len(data.examples) == 2
-    assert [w for w, _ in data.skipped] == ["bad.jsonl:2", "bad.jsonl:3", "bad.jsonl:4", "bad.jsonl:5", "bad.jsonl:6"]
+    assert [w for w, _ in data.skipped] == [
+        "bad.jsonl:2",
+        "bad.jsonl:3",
+        "bad.jsonl:4",
+        "bad.jsonl:5",
+        "bad.jsonl:6",
+    ]
     reasons = dict(data.skipped)
     assert "JSON" in reasons["bad.jsonl:2"] and "unknown record shape" in reasons["bad.jsonl:3"]
     assert "no assistant reply" in reasons["bad.jsonl:4"] and "string" in reasons["bad.jsonl:5"]
@@ -139,7 +150,8 @@ def test_every_shared_sft_file_reads_without_bad_records(shared_data):
         "oasst1_en_100_sft.jsonl": 249,
         "oasst1_en_100_trees.jsonl": 95,  # 5 trees have only synthetic or deleted replies
         "self_instruct_seed_tasks.jsonl": 175,
-        "self_instruct_user_oriented_instructions.jsonl": 252 + sum(
+        "self_instruct_user_oriented_instructions.jsonl": 252
+        + sum(
             len(json.loads(line)["instances"]) - 1
             for line in (sft / "self_instruct_user_oriented_instructions.jsonl").open()
         ),
@@ -188,9 +200,8 @@ def test_mask_with_a_foreign_chat_template(tmp_path):
     """An imported model's own template (ChatML here): the learned tokens are each reply plus its
     <|im_end|> and newline; the prompt pieces encode exactly as the inference prompt does."""
     pytest.importorskip("transformers")
-    from hf_helpers import byte_level_tokenizer
-
     from fornalha.tokenizer import HFTokenizer
+    from hf_helpers import byte_level_tokenizer
 
     byte_level_tokenizer(tmp_path / "tok", ["Hi? Hello. Bye? Bye. Be brief."] * 20, vocab_size=300)
     tok = HFTokenizer.load(tmp_path / "tok")

@@ -41,7 +41,18 @@ app = typer.Typer(
 
 
 def _register_all() -> None:
-    from fornalha.cli import data, evaluate, finetune, infer, interop, pipeline, recommend, serve, tokenizer, train
+    from fornalha.cli import (
+        data,
+        evaluate,
+        finetune,
+        infer,
+        interop,
+        pipeline,
+        recommend,
+        serve,
+        tokenizer,
+        train,
+    )
 
     for module in (data, tokenizer, train, evaluate, pipeline, infer, interop, serve, recommend, finetune):
         module.register(app)
