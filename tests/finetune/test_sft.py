@@ -217,9 +217,8 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
 def test_finetune_an_imported_hugging_face_model(tmp_path, capsys):
     """A run from `fornalha import hf` (its own ChatML template and special tokens) fine-tunes the same way."""
     transformers = pytest.importorskip("transformers")
-    from hf_helpers import byte_level_tokenizer
-
     from fornalha.interop import import_hf
+    from hf_helpers import byte_level_tokenizer
 
     model_dir = tmp_path / "hf"
     fast = byte_level_tokenizer(model_dir, QUESTIONS + ANSWERS, vocab_size=300)

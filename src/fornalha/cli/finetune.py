@@ -29,7 +29,9 @@ SFT_FILES = (
 
 @finetune_app.command("sft", no_args_is_help=True)
 def sft_command(
-    out: Annotated[Path, typer.Option("--out", help="Run folder to write (a new run, or this command's own).")],
+    out: Annotated[
+        Path, typer.Option("--out", help="Run folder to write (a new run, or this command's own).")
+    ],
     run: Annotated[
         str | None, typer.Option("--run", help="Base run: its best checkpoint and tokenizer are the start.")
     ] = None,
@@ -51,7 +53,8 @@ def sft_command(
         typer.Option("--time-budget", help="Wall-clock minutes; the schedule and evaluations fit to it."),
     ] = None,
     val_fraction: Annotated[
-        float, typer.Option("--val-fraction", help="Share of questions held out (by question, deterministic).")
+        float,
+        typer.Option("--val-fraction", help="Share of questions held out (by question, deterministic)."),
     ] = 0.1,
     pack: Annotated[
         bool,
@@ -65,7 +68,9 @@ def sft_command(
     ] = False,
     restart: Annotated[
         bool,
-        typer.Option("--restart", help="With --resume: when no checkpoint is valid, start again from step 0."),
+        typer.Option(
+            "--restart", help="With --resume: when no checkpoint is valid, start again from step 0."
+        ),
     ] = False,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace an earlier SFT run in --out (only its own files).")
@@ -113,7 +118,9 @@ def sft_command(
     owned = claim(out, "finetune sft")  # someone else's folder is refused before anything is written
     if not resume and (out / "checkpoints").is_dir() and any((out / "checkpoints").iterdir()):
         if not overwrite:
-            raise ConfigError(f"{out} already holds a run; pass --resume to continue it or --overwrite to replace it")
+            raise ConfigError(
+                f"{out} already holds a run; pass --resume to continue it or --overwrite to replace it"
+            )
         owned.remove_owned(SFT_FILES)
     owned.record([])
     try:

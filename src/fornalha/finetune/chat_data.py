@@ -285,25 +285,27 @@ def read_chat_data(paths: Sequence[str | Path]) -> ChatData:
 # --------------------------------------------------------------------------------------------
 
 
-def is_held_out(group: str, val_fraction: float, seed: int = 0) -> bool:
-    """Whether a group is held out: a hash of (seed, group) below val_fraction. Deterministic."""
+def group_score(group: str, seed: int = 0) -> float:
+    """A group's place in [0, 1): a hash of (seed, group). Groups scoring below val_fraction are held out."""
     digest = hashlib.sha256(f"{seed}:{group}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64 < val_fraction
+    return int.from_bytes(digest[:8], "big") / 2**64
 
 
 def split_examples(
     examples: Sequence[Example], val_fraction: float = 0.1, seed: int = 0
 ) -> tuple[list[Example], list[Example]]:
-    """(train, held-out) by group. A split that would leave either side empty is an error."""
+    """(train, held-out) by group, deterministic. With few groups, where no score falls below
+    val_fraction, the lowest-scoring group is held out, so a small data set still has a held-out part."""
     if not 0 < val_fraction < 1:
         raise DataError(f"the held-out fraction must be between 0 and 1, got {val_fraction}")
-    train = [e for e in examples if not is_held_out(e.group, val_fraction, seed)]
-    held = [e for e in examples if is_held_out(e.group, val_fraction, seed)]
+    scores = {e.group: group_score(e.group, seed) for e in examples}
+    cut = max(val_fraction, min(scores.values()) + 1e-12)
+    train = [e for e in examples if scores[e.group] >= cut]
+    held = [e for e in examples if scores[e.group] < cut]
     if not train or not held:
-        groups = len({e.group for e in examples})
         raise DataError(
-            f"{len(examples)} conversations in {groups} question group(s) cannot be split "
-            f"{1 - val_fraction:.0%}/{val_fraction:.0%} into non-empty train and held-out parts; give more data"
+            f"{len(examples)} conversations in {len(scores)} question group(s) cannot be split into "
+            "non-empty train and held-out parts; give more data (at least two different questions)"
         )
     return train, held
 

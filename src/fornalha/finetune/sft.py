@@ -318,12 +318,16 @@ def sft_config(settings: SFTSettings, out: Path, overrides: Sequence[str], resum
     from fornalha.train.config import ModelSection, load_config
 
     own = out / "config.yaml"
-    source = own if resume and own.is_file() else Path(str(resources.files("fornalha") / "configs" / SFT_DEFAULTS))
+    source = (
+        own if resume and own.is_file() else Path(str(resources.files("fornalha") / "configs" / SFT_DEFAULTS))
+    )
     cfg = load_config(None, source, [*overrides, f"train.init_from={json.dumps(settings.base_run)}"])
     model = ModelSection(**{k: v for k, v in meta["model_config"].items() if k in ModelSection.model_fields})
     cfg = cfg.model_copy(update={"model": model})
     if cfg.seq_len > model.block_size:
-        raise ConfigError(f"train.seq_len ({cfg.seq_len}) exceeds the base model's block_size ({model.block_size})")
+        raise ConfigError(
+            f"train.seq_len ({cfg.seq_len}) exceeds the base model's block_size ({model.block_size})"
+        )
     return cfg
 
 
@@ -358,7 +362,9 @@ def finetune_sft(
     )
     device = pick_device(cfg.train.device, announce=False)
     val_rows = pack_rows(prepared.val_tok.seqs, cfg.seq_len, _pad_id(tokenizer), settings.pack)
-    before = answer_loss(base_model.to(device), val_rows, cfg.train.batch_size, device, cfg.train.eval_batches)
+    before = answer_loss(
+        base_model.to(device), val_rows, cfg.train.batch_size, device, cfg.train.eval_batches
+    )
     del base_model
     console.print(f"held-out answer loss of the base model: {before:.4f} nats/token")
 

@@ -339,7 +339,9 @@ class GPT(nn.Module):
         attn_mask = None
         if doc_ids is not None:
             if kv_cache is not None:
-                raise ValueError("doc_ids (packed training rows) and kv_cache (generation) do not go together")
+                raise ValueError(
+                    "doc_ids (packed training rows) and kv_cache (generation) do not go together"
+                )
             causal = torch.ones(T, T, dtype=torch.bool, device=idx.device).tril()
             same_doc = doc_ids[:, :, None] == doc_ids[:, None, :]  # [B, T, T]
             attn_mask = (causal & same_doc)[:, None]  # [B, 1, T, T]: True = may attend
