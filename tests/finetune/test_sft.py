@@ -240,3 +240,50 @@ def test_finetune_an_imported_hugging_face_model(tmp_path, capsys):
     report = json.loads((out / "sft_report.json").read_text())
     assert report["answer_loss_after"] < report["answer_loss_before"] - 0.5, report
     assert json.loads((out / "tokenizer" / "fornalha_tokenizer.json").read_text())["kind"] == "hf"
+
+
+def test_finetune_sft_with_lora_trains_only_adapters_and_saves_a_plain_model(tmp_path, capsys):
+    """--lora R: the base weights stay frozen, the adapters learn (the held-out answer loss falls),
+    and best/ is an ordinary merged model whose change to each adapted matrix has rank <= R."""
+    from fornalha.checkpoint import load_model
+
+    base = make_base_run(tmp_path)
+    data = tmp_path / "qa.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in qa_rows()))
+    out = tmp_path / "chat-lora"
+    code, _, err = run_cli(
+        ["finetune", "sft", "--run", str(base), "--data", str(data), "--out", str(out), "--val-fraction", "0.2",
+         "--lora", "2", "--set", "train.max_steps=40", "--set", "train.lr=1e-2", *FAST], capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    assert "LoRA rank 2" in err
+    report = json.loads((out / "sft_report.json").read_text())
+    assert report["answer_loss_after"] < report["answer_loss_before"], report
+    assert json.loads((out / "sft.json").read_text())["lora"] == 2
+
+    before, _ = load_model(base)
+    after, _ = load_model(out)  # plain GPT: no adapter keys left
+    b, a = before.state_dict(), after.state_dict()
+    assert set(a) == set(b)
+    changed = [k for k in b if not torch.equal(a[k], b[k])]
+    assert changed and all(k.endswith(".weight") and "proj" in k or "qkv" in k for k in changed), changed
+    assert "transformer.wte.weight" not in changed and all("norm" not in k for k in changed)
+    for k in changed:
+        assert torch.linalg.matrix_rank(a[k] - b[k], atol=1e-5) <= 2, k
+
+    code, _, err = run_cli(
+        [
+            "finetune",
+            "sft",
+            "--run",
+            str(base),
+            "--data",
+            str(data),
+            "--out",
+            str(tmp_path / "x"),
+            "--lora",
+            "0",
+        ],
+        capsys,
+    )
+    assert code == 2 and "--lora" in err

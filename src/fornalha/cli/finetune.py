@@ -75,6 +75,16 @@ def sft_command(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace an earlier SFT run in --out (only its own files).")
     ] = False,
+    lora: Annotated[
+        int | None,
+        typer.Option(
+            "--lora", help="Train LoRA adapters of this rank instead of every weight (merged on save)."
+        ),
+    ] = None,
+    lora_alpha: Annotated[
+        float | None,
+        typer.Option("--lora-alpha", help="LoRA scale numerator: scale = alpha / rank (default 2·rank)."),
+    ] = None,
 ) -> None:
     """Supervised fine-tuning for chat: loss on the assistant's tokens only, a held-out split by
     question, and the held-out answer loss before and after in OUT/sft_report.json.
@@ -88,6 +98,8 @@ def sft_command(
 
       fornalha finetune sft --run runs/base --data ../shared/data/sft --time-budget 5 --set train.lr=3e-4 --out runs/chat
 
+      fornalha finetune sft --run runs/base --data ../shared/data/sft --lora 8 --out runs/chat-lora
+
       fornalha finetune sft --out runs/chat --resume
     """
     import json
@@ -99,7 +111,14 @@ def sft_command(
     if resume:
         settings = load_settings(out)
         if run is not None or data:
-            given = SFTSettings(run or settings.base_run, list(data or settings.data), val_fraction, pack)
+            given = SFTSettings(
+                run or settings.base_run,
+                list(data or settings.data),
+                val_fraction,
+                pack,
+                lora=lora,
+                lora_alpha=lora_alpha,
+            )
             if (given.base_run, given.data) != (settings.base_run, settings.data):
                 raise ConfigError(
                     f"--resume continues {out} with its own --run and --data (from {out / 'sft.json'}); "
@@ -108,7 +127,9 @@ def sft_command(
     else:
         if run is None or not data:
             raise ConfigError("give --run BASE_RUN and at least one --data FILE_OR_DIR (or --resume)")
-        settings = SFTSettings(run, list(data), val_fraction, pack)
+        if lora is not None and lora < 1:
+            raise ConfigError(f"--lora rank must be a positive integer, got {lora}")
+        settings = SFTSettings(run, list(data), val_fraction, pack, lora=lora, lora_alpha=lora_alpha)
     overrides = list(sets or [])
     if time_budget is not None:
         overrides.append(f"train.time_budget_minutes={time_budget}")

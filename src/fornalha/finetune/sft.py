@@ -27,7 +27,8 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,8 @@ class SFTSettings:
     val_fraction: float = 0.1
     pack: bool = True
     split_seed: int = 0
+    lora: int | None = None  # LoRA rank (adapters only learn; merged into best/), None: every weight
+    lora_alpha: float | None = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -222,8 +225,11 @@ def sft_task(
     device: torch.device,
     pack: bool = True,
     extra_files: dict[str, Any] | None = None,
+    lora_rank: int | None = None,
+    lora_alpha: float | None = None,
 ) -> Task:
-    """The fine-tuning Task: packed chat rows, assistant-only loss, held-out answer loss."""
+    """The fine-tuning Task: packed chat rows, assistant-only loss, held-out answer loss; with
+    ``lora_rank`` only LoRA adapters learn (`fornalha.finetune.lora`, merged into best/)."""
     t = cfg.train
     pad_id = _pad_id(tokenizer)
     loader = ChatLoader(train_seqs, t.batch_size, cfg.seq_len, pad_id, seed=t.seed, pack=pack, device=device)
@@ -252,7 +258,19 @@ def sft_task(
         tokenizer_dir=tokenizer_dir,
         samples=samples if t.samples and val_prompts else None,
         extra_files=extra_files or {},
+        prepare_model=_lora_adder(lora_rank, lora_alpha) if lora_rank else None,
     )
+
+
+def _lora_adder(rank: int, alpha: float | None) -> Callable[[torch.nn.Module], None]:
+    def add(model: torch.nn.Module) -> None:
+        from fornalha.finetune.lora import add_lora
+
+        n = add_lora(model, rank, alpha)
+        total = sum(p.numel() for p in model.parameters())
+        print(f"LoRA rank {rank}: {n:,} trainable parameters of {total:,} ({n / total:.1%})", file=sys.stderr)
+
+    return add
 
 
 def _pad_id(tokenizer: Any) -> int:
@@ -373,6 +391,7 @@ def finetune_sft(
     task = sft_task(
         tokenizer, find_tokenizer_dir(settings.base_run), prepared.train_tok.seqs, prepared.val_tok.seqs,
         prompts, cfg, device, settings.pack, extra_files={SETTINGS_FILE: asdict(settings)},
+        lora_rank=settings.lora, lora_alpha=settings.lora_alpha,
     )  # fmt: skip
     summary = train(cfg, out, resume=resume, restart=restart, console=console, task=task)
     after = summary.get("best_val_loss")
