@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from fornalha.errors import ConfigError
+
 PRESET_HELP = "Preset: tiny (2-core CPU, minutes), small, gpt2-124m (one GPU)."
 SET_HELP = "Override a config key, e.g. --set train.lr=3e-3 --set max_steps=300 --set depth=6 (repeatable)."
 
@@ -39,7 +41,12 @@ def _cli_overrides(
 
 
 def train_command(
-    out: Annotated[Path, typer.Option("--out", help="Run folder to write (checkpoints, metrics, plots).")],
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", help="Run folder to write (checkpoints, metrics, plots); --print-config needs none."
+        ),
+    ] = None,
     data: Annotated[
         str | None, typer.Option("--data", help="Prepared dataset folder or token-shards folder.")
     ] = None,
@@ -107,8 +114,10 @@ def train_command(
     """
     from fornalha.train.config import load_config
 
-    run_config = out / "config.yaml"
-    if resume and preset is None and config is None and run_config.is_file():
+    if out is None and not print_config:
+        raise ConfigError("--out is required: the run folder to write (only --print-config runs without it)")
+    run_config = out / "config.yaml" if out is not None else None
+    if resume and preset is None and config is None and run_config is not None and run_config.is_file():
         config = run_config  # resume with the run's own resolved config
     if preset is None and config is None:
         preset = "tiny"
