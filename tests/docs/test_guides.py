@@ -199,6 +199,7 @@ def run_guide(guide: str, repo: Path) -> int:
 
 
 @pytest.mark.timeout(900)
+@pytest.mark.xdist_group("guides")  # one worker, in GUIDES order: each guide uses what earlier ones made
 @pytest.mark.parametrize("guide", GUIDES)
 def test_guide_runs_in_order(guide: str, scratch: dict):
     before = GUIDES[: GUIDES.index(guide)]
