@@ -146,9 +146,6 @@ def sft_command(
     owned.record([])
     try:
         finetune_sft(settings, out, overrides, resume=resume, restart=restart)
-    except KeyboardInterrupt:
-        typer.echo(f"resume the fine-tuning with: fornalha finetune sft --out {out} --resume", err=True)
-        raise
     finally:
         for name in SFT_FILES:
             owned.record_tree(name)

@@ -259,6 +259,7 @@ def sft_task(
         samples=samples if t.samples and val_prompts else None,
         extra_files=extra_files or {},
         prepare_model=_lora_adder(lora_rank, lora_alpha) if lora_rank else None,
+        resume_command="fornalha finetune sft --out {out} --resume",
     )
 
 
