@@ -40,6 +40,7 @@ from fornalha.serve.auth import KeyChecker, RateLimiter
 from fornalha.serve.errors import APIError, error_body, install_error_handlers
 from fornalha.serve.metrics import Metrics
 from fornalha.serve.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, _Sampling
+from fornalha.serve.structured import ChoiceReader, grammar_for, template_messages
 
 MAX_BODY_BYTES = 1 << 20
 
@@ -404,7 +405,8 @@ def create_app(
         check_model(req.model)
         if req.max_tokens is not None and req.max_completion_tokens is not None:
             raise APIError(400, "give max_tokens or max_completion_tokens, not both", param="max_tokens")
-        ids = tokenizer.encode_chat([{"role": m.role, "content": m.content} for m in req.messages])
+        grammar = grammar_for(req)  # response_format / tools -> a grammar (fornalha.serve.structured)
+        ids = tokenizer.encode_chat(template_messages(req))
         check_context(ids, "messages")
         top = req.top_logprobs if req.logprobs else None
         if req.top_logprobs is not None and not req.logprobs:
@@ -412,17 +414,19 @@ def create_app(
                 400, "top_logprobs needs logprobs: true", param="top_logprobs", code="invalid_value"
             )
         params = sampling(req, req.max_completion_tokens or req.max_tokens, len(ids),
-                          (top or 0) if req.logprobs else None)  # fmt: skip
+                          (top or 0) if req.logprobs else None).with_(grammar=grammar)  # fmt: skip
+        readers = [ChoiceReader(req) for _ in range(req.n)]  # text -> content or tool_calls
         rid, now = _now_id("chatcmpl"), int(time.time())
         jobs = [(ids, params.with_(seed=None if req.seed is None else req.seed + j)) for j in range(req.n)]
         base = {"id": rid, "object": "chat.completion.chunk", "created": now, "model": model_name}
 
         def chunk(i: int, ev: Event, c: _Choice) -> dict | None:
-            if not ev.text and not ev.finished and ev.logprob is None:
+            delta = readers[i].delta(ev.text, ev.finished)
+            if not delta and not ev.finished and ev.logprob is None:
                 return None
-            delta = {"content": ev.text} if ev.text else {}
             lp = {"content": [chat_logprob(ev)]} if ev.logprob is not None else None
-            choice = {"index": i, "delta": delta, "logprobs": lp, "finish_reason": ev.finish_reason}
+            reason = readers[i].finish_reason(ev.finish_reason)
+            choice = {"index": i, "delta": delta, "logprobs": lp, "finish_reason": reason}
             return {**base, "choices": [choice]}
 
         firsts = [{**base, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""},
@@ -433,8 +437,8 @@ def create_app(
             out = []
             for i, c in enumerate(choices):
                 lp = {"content": [chat_logprob(e) for e in c.logprobs]} if req.logprobs else None
-                out.append({"index": i, "message": {"role": "assistant", "content": "".join(c.text)},
-                            "logprobs": lp, "finish_reason": c.finish_reason})  # fmt: skip
+                message, reason = readers[i].message("".join(c.text), c.finish_reason)
+                out.append({"index": i, "message": message, "logprobs": lp, "finish_reason": reason})
             return {
                 "id": rid,
                 "object": "chat.completion",
