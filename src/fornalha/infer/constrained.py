@@ -74,7 +74,10 @@ def _compact(schema: Mapping[str, Any]) -> dict[str, Any]:
     """The schema with llguidance's "no free whitespace" option (a schema's own x-guidance wins)."""
     if not isinstance(schema, Mapping):
         raise ConfigError(f"a JSON schema must be an object, got {type(schema).__name__}")
-    return {**schema, "x-guidance": {**_COMPACT, **schema.get("x-guidance", {})}}
+    own = schema.get("x-guidance", {})
+    if not isinstance(own, Mapping):
+        raise ConfigError("x-guidance must be an object of llguidance JSON options")
+    return {**schema, "x-guidance": {**_COMPACT, **own}}
 
 
 def _json(schema: Mapping[str, Any]) -> str:
@@ -90,7 +93,10 @@ def check_grammar(grammar: str) -> str:
     """Return `grammar` if llguidance accepts it, else raise ConfigError with its message (an
     unknown type, a dangling $ref, a malformed pattern …)."""
     llg = _llguidance()
-    is_error, messages = llg.LLMatcher.validate_grammar_with_warnings(grammar)
+    try:
+        is_error, messages = llg.LLMatcher.validate_grammar_with_warnings(grammar)
+    except (ValueError, TypeError, RuntimeError) as exc:
+        raise ConfigError(f"invalid grammar: {exc}") from None
     if is_error:
         raise ConfigError(_first_line(messages[0]))
     return grammar
@@ -335,7 +341,10 @@ class GrammarVocabulary:
     def constraint(self, grammar: str) -> Constraint:
         """A new request's constraint; ConfigError if the grammar does not compile."""
         llg = _llguidance()
-        matcher = llg.LLMatcher(self.lltokenizer, grammar, log_level=0)
+        try:
+            matcher = llg.LLMatcher(self.lltokenizer, grammar, log_level=0)
+        except (ValueError, TypeError, RuntimeError) as exc:
+            raise ConfigError(f"invalid grammar: {exc}") from None
         if matcher.is_error():
             raise ConfigError(_first_line(matcher.get_error()))
         return Constraint(matcher, self)
