@@ -62,7 +62,10 @@ PERSON = {
         "role": {"enum": ["admin", "user", "guest"]},
         "address": {
             "type": "object",
-            "properties": {"city": {"type": "string", "maxLength": 10}, "zip": {"type": "integer", "maximum": 99999, "minimum": 0}},
+            "properties": {
+                "city": {"type": "string", "maxLength": 10},
+                "zip": {"type": "integer", "maximum": 99999, "minimum": 0},
+            },
             "required": ["city", "zip"],
             "additionalProperties": False,
         },

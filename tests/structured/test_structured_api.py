@@ -17,7 +17,10 @@ MSGS = [{"role": "user", "content": "who is it?"}]
 PERSON_FORMAT = {"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON, "strict": True}}
 WEATHER = {
     "type": "object",
-    "properties": {"city": {"enum": ["Lisboa", "Porto"]}, "days": {"type": "integer", "minimum": 1, "maximum": 7}},
+    "properties": {
+        "city": {"enum": ["Lisboa", "Porto"]},
+        "days": {"type": "integer", "minimum": 1, "maximum": 7},
+    },
     "required": ["city", "days"],
     "additionalProperties": False,
 }
@@ -93,7 +96,7 @@ def test_tool_call_round_trip_and_streaming(client):
     ]
 
     # round trip: the call and its result go back into the conversation
-    history = [*MSGS, {"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
+    history = [*MSGS, choice.message.model_dump(exclude_none=True),  # as docs/structured.md shows
                {"role": "tool", "tool_call_id": call.id, "content": json.dumps({"temp_c": 21, **args})}]  # fmt: skip
     after = client.chat.completions.create(model="tiny", messages=history, max_tokens=20, temperature=0,
                                            tools=TOOLS, tool_choice="none")  # fmt: skip
@@ -112,7 +115,9 @@ def test_tool_call_round_trip_and_streaming(client):
 def test_mixed_concurrent_requests_each_get_their_own_result(client):
     """Free and constrained requests in flight together (one batch on the server): the free ones are
     exactly what they are alone; the constrained ones validate."""
-    free = dict(model="tiny", messages=[{"role": "user", "content": "tell me"}], max_tokens=40, temperature=1.0)
+    free = dict(
+        model="tiny", messages=[{"role": "user", "content": "tell me"}], max_tokens=40, temperature=1.0
+    )
     alone = [client.chat.completions.create(seed=s, **free).choices[0].message.content for s in (1, 2)]
     with cf.ThreadPoolExecutor(6) as pool:
         frees = [pool.submit(client.chat.completions.create, seed=s, **free) for s in (1, 2)]

@@ -77,7 +77,9 @@ def test_json_object_and_length_mid_json():
     for r in outs:
         assert r.completions[0].finish_reason == "stop", r.text
         assert isinstance(json.loads(r.text), dict)
-    cut = engine.generate(["x"], SamplingParams(max_new_tokens=6, temperature=0, grammar=json_schema_grammar(PERSON)))
+    cut = engine.generate(
+        ["x"], SamplingParams(max_new_tokens=6, temperature=0, grammar=json_schema_grammar(PERSON))
+    )
     c = cut[0].completions[0]
     assert c.finish_reason == "length" and len(c.token_ids) == 6
     assert c.text == '{"name'  # the forced start of the object, cut off
@@ -92,7 +94,9 @@ def test_mixed_batch_each_row_gets_its_own_result():
     engine = engine_for(tok, batch=4)
     grammar = json_schema_grammar(PERSON)
     free = [SamplingParams(max_new_tokens=60, temperature=1.0, seed=s) for s in (1, 2)]
-    constrained = [SamplingParams(max_new_tokens=300, temperature=1.0, seed=s, grammar=grammar) for s in (1, 2)]
+    constrained = [
+        SamplingParams(max_new_tokens=300, temperature=1.0, seed=s, grammar=grammar) for s in (1, 2)
+    ]
     prompts = ["tell me", "who is it?", "tell me", "who is it?"]
     mixed = engine.generate(prompts, [free[0], constrained[0], free[1], constrained[1]])
     alone = engine_for(tok, batch=1)
@@ -177,7 +181,9 @@ def test_auto_tool_choice_is_text_or_a_call():
 def test_parser_streams_calls_piece_by_piece():
     """Arguments holding the closing tag inside a string, two calls, fed one character at a time:
     the deltas add up to the calls, and feeding the whole text at once gives the same."""
-    text = render_tool_call("add", {"xs": [1, 2]}) + render_tool_call("get_weather", '{"note":"}</tool_call>"}')
+    text = render_tool_call("add", {"xs": [1, 2]}) + render_tool_call(
+        "get_weather", '{"note":"}</tool_call>"}'
+    )
     whole = ToolCallParser(may_be_content=False)
     whole.feed(text)
     assert whole.complete

@@ -37,7 +37,7 @@ from fornalha.serve.protocol import ChatCompletionRequest
 
 
 def _tool_choice(req: ChatCompletionRequest) -> str | None:
-    """"auto", "required", a tool name, or None when no tool may be called."""
+    """The tool choice: "auto", "required", a tool name, or None when no tool may be called."""
     choice = req.tool_choice
     if choice is None:
         return "auto" if req.tools else None
@@ -67,7 +67,9 @@ def grammar_for(req: ChatCompletionRequest) -> str | None:
         if schema is not None:
             content = json_object_grammar() if schema == {"type": "object"} else json_schema_grammar(schema)
     except ConfigError as exc:
-        raise APIError(400, f"response_format: {exc}", param="response_format", code="invalid_schema") from None
+        raise APIError(
+            400, f"response_format: {exc}", param="response_format", code="invalid_schema"
+        ) from None
     if choice is None:
         return content
     assert req.tools is not None
@@ -165,7 +167,9 @@ class ChoiceReader:
         parser.feed(text)
         if parser.mode != "calls":
             return {"role": "assistant", "content": text}, reason
-        calls = [{"id": self._id(i), "type": "function", "function": dict(c)} for i, c in enumerate(parser.calls)]
+        calls = [
+            {"id": self._id(i), "type": "function", "function": dict(c)} for i, c in enumerate(parser.calls)
+        ]
         return {"role": "assistant", "content": None, "tool_calls": calls}, (
             "tool_calls" if reason == "stop" else reason
         )
