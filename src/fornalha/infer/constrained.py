@@ -334,7 +334,7 @@ class GrammarVocabulary:
             raise ConfigError("structured output needs an end-of-text token to end the answer")
         wrapper = llg.TokenizerWrapper(_EncodeStr(tokenizer, tokens, sorted(special)))
         self.lltokenizer = llg.LLTokenizer(wrapper, eos_token=self.stop_ids)
-        self._executor = llg.LLExecutor(num_threads=1)
+        self._executor = llg.LLExecutor()  # its thread pool computes the rows' masks in parallel
         self._words = (vocab_size + 31) // 32
         self._shifts = torch.arange(32, dtype=torch.int32)
 
