@@ -75,3 +75,17 @@ PERSON = {
     "required": ["name", "role", "address", "tags", "active"],
     "additionalProperties": False,
 }
+
+
+def hf_tokenizer():
+    """A foreign Hugging Face tokenizer (ChatML specials, as `fornalha import hf` brings in)."""
+    import sys
+    import tempfile
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from fornalha.tokenizer import HFTokenizer
+    from hf_helpers import byte_level_tokenizer
+
+    out = Path(tempfile.mkdtemp(prefix="structured-hf-"))
+    byte_level_tokenizer(out, [TEXT * 3] * 20, 400)
+    return HFTokenizer.load(out)

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from structured_helpers import PERSON, bpe_tokenizer, char_tokenizer, random_model, validate
+from structured_helpers import PERSON, bpe_tokenizer, char_tokenizer, hf_tokenizer, random_model, validate
 
 from fornalha.errors import ConfigError
 from fornalha.infer import Engine, SamplingParams
@@ -50,7 +50,7 @@ def engine_for(tok, batch: int = 4) -> Engine:
     return Engine(random_model(tok.vocab_size), tok, max_batch_size=batch, decode_weights=None, kv_cache=None)
 
 
-@pytest.mark.parametrize("make_tok", [char_tokenizer, bpe_tokenizer], ids=["char", "bpe"])
+@pytest.mark.parametrize("make_tok", [char_tokenizer, bpe_tokenizer, hf_tokenizer], ids=["char", "bpe", "hf"])
 def test_every_output_validates_against_the_schema(make_tok):
     """Nested object, enum, array, required fields, bounded strings: greedy and 5 seeded samples all
     finish by themselves ("stop") as valid JSON; nothing follows the closing brace."""
