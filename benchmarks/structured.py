@@ -147,6 +147,7 @@ def main() -> None:
         tokens_per_request=args.tokens,
         threads=args.threads,
         decode_weights=engine.decode_weights,
+        kv_cache=engine.kv_cache,
         load_average_1min=os.getloadavg()[0],
         baseline="free (no grammar) requests, same engine, same run",
     )
