@@ -127,6 +127,8 @@ def test_bad_grammars_are_config_errors():
         json_schema_grammar({"type": "object", "properties": {"a": {"$ref": "#/$defs/Missing"}}})
     with pytest.raises(ConfigError):
         tool_call_grammar(TOOLS, choice="no_such_tool")
+    with pytest.raises(ConfigError, match="type object"):
+        tool_call_grammar([{"name": "f", "parameters": {"type": "string"}}])
     with pytest.raises(ConfigError, match="ignore_eos"):
         SamplingParams(grammar=json_object_grammar(), ignore_eos=True)
     engine = engine_for(char_tokenizer())

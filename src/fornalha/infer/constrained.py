@@ -164,7 +164,9 @@ def tool_call_grammar(
         parallel = False
     rules, alts = [], []
     for i, tool in enumerate(tools):
-        params = tool.get("parameters") or {"type": "object"}
+        params = dict(tool.get("parameters") or {})
+        if params.setdefault("type", "object") != "object":  # arguments are always a JSON object
+            raise ConfigError(f"the parameters of tool {tool['name']!r} must be a schema of type object")
         head = _lark_string(f'{TOOL_CALL_OPEN}{{"name":{json.dumps(tool["name"])},"arguments":')
         rules.append(f"call_{i}: {head} {_json(params)} {_lark_string('}' + TOOL_CALL_CLOSE)}")
         alts.append(f"call_{i}")
