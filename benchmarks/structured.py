@@ -117,6 +117,7 @@ def main() -> None:
             dt, n = run_case(engine, [p.with_(seed=100 * r + i) for i, p in enumerate(params)], prompts)
             assert n == args.tokens * args.batch, f"{name}: {n} tokens, expected {args.tokens * args.batch}"
             rates[name].append(n / dt)
+            print(f"  run {r + 1}/{args.repeats} {name}: {n / dt:.1f} tokens/s", flush=True)
     out: dict[str, object] = {}
     for name, rs in rates.items():
         out[f"tokens_per_s_{name}"] = statistics.median(rs)
