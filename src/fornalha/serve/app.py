@@ -7,7 +7,8 @@ gives server-sent events ending in ``data: [DONE]``), ``POST /v1/embeddings``, `
 ``GET /ready``, ``GET /metrics``. What a request goes through::
 
     size limit ─► API key ─► rate limit ─► body validated (unknown parameter = 400 naming it)
-      ─► model name ─► prompt tokenized and checked against the context ─► queue capacity
+      ─► model name ─► response_format / tools compiled to a grammar (structured.py)
+      ─► prompt tokenized and checked against the context ─► queue capacity
       ─► n sequences into the engine (async_engine) ─► JSON answer or SSE stream
       ─► the finished completion handed to the store (when one is attached)
 
