@@ -124,23 +124,42 @@ def main() -> None:
         print(f"{name:12s} {statistics.median(rs):9.1f} tokens/s  (runs: {', '.join(f'{x:.1f}' for x in rs)})",
               flush=True)  # fmt: skip
 
-    # the mask alone: one step's masks for a full batch of constrained rows, mid-answer
+    # the mask alone: one step's masks for a full batch of constrained rows, mid-answer, right
+    # after a matmul (torch's threads busy, as in a decode step): on this thread (what the engine
+    # does) and through llguidance's thread pool (LLExecutor), 30 times each, interleaved
+    import llguidance
+
     vocab = engine.grammar_vocabulary()
     cs = [vocab.constraint(grammar) for _ in range(args.batch)]
     prefix = tok.encode('{"scene":"Verona","lines":[{"speaker":"Romeo","mood":"calm","n":')
     for c in cs:
         for tid in prefix:
             c.consume(tid)
-    t = time.perf_counter()
-    for _ in range(20):
-        vocab.allowed(cs)
-    mask_ms = (time.perf_counter() - t) / 20 * 1e3
+    executor, words = llguidance.LLExecutor(), (model.config.vocab_size + 31) // 32
+    pairs = [(c.matcher, i) for i, c in enumerate(cs)]
+
+    def pool() -> None:
+        bits = torch.zeros(len(cs), words, dtype=torch.int32)
+        executor.unsafe_compute_mask_ptr(pairs, bits.data_ptr(), words * 4, len(cs))
+
+    a, x = torch.randn(384, 1536), torch.randn(args.batch, 384)
+    mask_ms: dict[str, list[float]] = {"this_thread": [], "executor": []}
+    for _ in range(30):
+        for name, fn in (("this_thread", lambda: vocab.allowed(cs)), ("executor", pool)):
+            x @ a
+            t = time.perf_counter()
+            fn()
+            mask_ms[name].append((time.perf_counter() - t) * 1e3)
+    for name, ms in mask_ms.items():
+        ms.sort()
+        out[f"mask_ms_{name}_median"], out[f"mask_ms_{name}_p90"] = statistics.median(ms), ms[26]
+    mask_ms_step = out["mask_ms_this_thread_median"]
 
     free_rate = out["tokens_per_s_free"]
     out.update(
         constrained_vs_free=out["tokens_per_s_constrained"] / free_rate,
         mixed_vs_free=out["tokens_per_s_mixed"] / free_rate,
-        mask_ms_per_step_batch=mask_ms,
+        mask_ms_per_step_batch=mask_ms_step,
         vocabulary_prepare_s=vocab_s,
         schema_compile_ms=compile_ms,
         vocab_size=tok.vocab_size,

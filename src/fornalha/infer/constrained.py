@@ -336,7 +336,6 @@ class GrammarVocabulary:
             raise ConfigError("structured output needs an end-of-text token to end the answer")
         wrapper = llg.TokenizerWrapper(_EncodeStr(tokenizer, tokens, sorted(special)))
         self.lltokenizer = llg.LLTokenizer(wrapper, eos_token=self.stop_ids)
-        self._executor = llg.LLExecutor()  # its thread pool computes the rows' masks in parallel
         self._words = (vocab_size + 31) // 32
         self._shifts = torch.arange(32, dtype=torch.int32)
 
@@ -354,12 +353,14 @@ class GrammarVocabulary:
     def allowed(self, constraints: Sequence[Constraint]) -> torch.Tensor:
         """Bool mask [len(constraints), vocab_size]: the tokens each request may take next.
 
-        llguidance writes one bit per token (32 tokens per int32 word, lowest bit first); the
-        masks of all constrained rows are computed in one call. A row with nothing allowed (the
-        grammar cannot go on with this vocabulary) gets its stop tokens, so it ends."""
+        llguidance writes one bit per token (32 tokens per int32 word, lowest bit first), row by
+        row on this thread: on a 2-core machine its thread pool (`LLExecutor`) was slower, a median
+        0.29 ms against 0.055 ms for 8 rows and a p90 of 3.6 ms against 0.13 ms, waiting for a core
+        that torch's threads held (benchmarks/LOG.md). A row with nothing allowed (the grammar
+        cannot go on with this vocabulary) gets its stop tokens, so it ends."""
         bits = torch.zeros(len(constraints), self._words, dtype=torch.int32)
-        pairs = [(c.matcher, i) for i, c in enumerate(constraints)]
-        self._executor.unsafe_compute_mask_ptr(pairs, bits.data_ptr(), self._words * 4, len(constraints))
+        for i, c in enumerate(constraints):
+            c.matcher.unsafe_compute_mask_ptr(bits[i].data_ptr(), self._words * 4)
         mask = ((bits.unsqueeze(-1) >> self._shifts) & 1).view(len(constraints), -1)[:, : self.vocab_size]
         mask = mask.bool()
         dead = ~mask.any(dim=-1)
