@@ -118,6 +118,12 @@ def test_mask_touches_only_constrained_rows():
     assert torch.equal(out[0], logits[0]) and torch.equal(out[2], logits[2])
     allowed = torch.isfinite(out[1]).nonzero().flatten().tolist()
     assert allowed == [tok.encode("{")[0]]  # a PERSON answer can only start with "{"
+    # a second request with the same grammar gets its own parser state (a copy of the compiled one)
+    other = engine.grammar_vocabulary().constraint(json_schema_grammar(PERSON))
+    assert constraint.consume(tok.encode("{")[0])
+    masks = engine.grammar_vocabulary().allowed([constraint, other])
+    assert masks[1].nonzero().flatten().tolist() == [tok.encode("{")[0]] and masks[0].sum() == 1  # '"'
+    assert masks[0].nonzero().flatten().tolist() == tok.encode('"')
 
 
 def test_bad_grammars_are_config_errors():

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -51,6 +52,7 @@ from fornalha.errors import ConfigError, FornalhaError
 
 TOOL_CALL_OPEN = "<tool_call>"
 TOOL_CALL_CLOSE = "</tool_call>"
+CACHED_GRAMMARS = 32  # compiled grammars kept per engine (see GrammarVocabulary.constraint)
 MAX_PARALLEL_CALLS = 8  # with parallel tool calls, at most this many in one answer (so it always ends)
 _COMPACT = {"whitespace_flexible": False}  # llguidance's JSON options: no free whitespace
 
@@ -337,18 +339,27 @@ class GrammarVocabulary:
         wrapper = llg.TokenizerWrapper(_EncodeStr(tokenizer, tokens, sorted(special)))
         self.lltokenizer = llg.LLTokenizer(wrapper, eos_token=self.stop_ids)
         self._words = (vocab_size + 31) // 32
+        self._compiled: OrderedDict[str, Any] = OrderedDict()  # grammar -> a fresh matcher to copy
         self._shifts = torch.arange(32, dtype=torch.int32)
 
     def constraint(self, grammar: str) -> Constraint:
-        """A new request's constraint; ConfigError if the grammar does not compile."""
-        llg = _llguidance()
-        try:
-            matcher = llg.LLMatcher(self.lltokenizer, grammar, log_level=0)
-        except (ValueError, TypeError, RuntimeError) as exc:
-            raise ConfigError(f"invalid grammar: {exc}") from None
-        if matcher.is_error():
-            raise ConfigError(_first_line(matcher.get_error()))
-        return Constraint(matcher, self)
+        """A new request's constraint; ConfigError if the grammar does not compile. The last
+        `CACHED_GRAMMARS` grammars stay compiled: the n samples of a request, or an application
+        sending the same schema again, get a copy of the parser instead of a new compilation."""
+        fresh = self._compiled.get(grammar)
+        if fresh is None:
+            llg = _llguidance()
+            try:
+                fresh = llg.LLMatcher(self.lltokenizer, grammar, log_level=0)
+            except (ValueError, TypeError, RuntimeError) as exc:
+                raise ConfigError(f"invalid grammar: {exc}") from None
+            if fresh.is_error():
+                raise ConfigError(_first_line(fresh.get_error()))
+            self._compiled[grammar] = fresh
+            if len(self._compiled) > CACHED_GRAMMARS:
+                self._compiled.popitem(last=False)
+        self._compiled.move_to_end(grammar)
+        return Constraint(fresh.deep_copy(), self)
 
     def allowed(self, constraints: Sequence[Constraint]) -> torch.Tensor:
         """Bool mask [len(constraints), vocab_size]: the tokens each request may take next.
