@@ -7,7 +7,8 @@ gives server-sent events ending in ``data: [DONE]``), ``POST /v1/embeddings``, `
 ``GET /ready``, ``GET /metrics``. What a request goes through::
 
     size limit ─► API key ─► rate limit ─► body validated (unknown parameter = 400 naming it)
-      ─► model name ─► prompt tokenized and checked against the context ─► queue capacity
+      ─► model name ─► response_format / tools compiled to a grammar (structured.py)
+      ─► prompt tokenized and checked against the context ─► queue capacity
       ─► n sequences into the engine (async_engine) ─► JSON answer or SSE stream
       ─► the finished completion handed to the store (when one is attached)
 
@@ -50,6 +51,7 @@ from fornalha.serve.auth import KeyChecker, RateLimiter
 from fornalha.serve.errors import APIError, error_body, install_error_handlers
 from fornalha.serve.metrics import Metrics
 from fornalha.serve.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, _Sampling
+from fornalha.serve.structured import ChoiceReader, grammar_for, template_messages
 from fornalha.serve.swap import ModelSlot, Served
 
 MAX_BODY_BYTES = 1 << 20
@@ -244,10 +246,9 @@ def create_app(
             logprobs=logprobs,
         )
 
-    async def prepare_turn(srv: Served, messages: list, max_tokens: int | None) -> PreparedChat:
+    async def prepare_turn(srv: Served, msgs: list[dict[str, str]], max_tokens: int | None) -> PreparedChat:
         """fornalha.assistant.prepare_chat for this request: the oldest turns dropped to fit, passages
         retrieved (on the engine's thread when retrieval runs the model)."""
-        msgs = [{"role": m.role, "content": m.content} for m in messages]
         retriever = app.state.retriever
         work = functools.partial(prepare_chat, msgs, tokenizer, context=ctx, retriever=retriever,
                                  reserve=max_tokens or default_reserve(ctx), top_k=app.state.docs_top_k)  # fmt: skip
@@ -452,8 +453,9 @@ def create_app(
         check_model(req.model)
         if req.max_tokens is not None and req.max_completion_tokens is not None:
             raise APIError(400, "give max_tokens or max_completion_tokens, not both", param="max_tokens")
+        grammar = grammar_for(req)  # response_format / tools -> a grammar (fornalha.serve.structured)
         # -- assistant: the conversation fitted into the context window, with the --docs passages --
-        turn = await prepare_turn(srv, req.messages, req.max_completion_tokens or req.max_tokens)
+        turn = await prepare_turn(srv, template_messages(req), req.max_completion_tokens or req.max_tokens)
         ids = turn.ids
         extra = {"conversation": turn.info()}  # extension fields of the completion and its last chunk
         if app.state.retriever is not None:
@@ -466,18 +468,20 @@ def create_app(
                 400, "top_logprobs needs logprobs: true", param="top_logprobs", code="invalid_value"
             )
         params = sampling(req, req.max_completion_tokens or req.max_tokens, len(ids),
-                          (top or 0) if req.logprobs else None)  # fmt: skip
+                          (top or 0) if req.logprobs else None).with_(grammar=grammar)  # fmt: skip
+        readers = [ChoiceReader(req) for _ in range(req.n)]  # text -> content or tool_calls
         rid, now = _now_id("chatcmpl"), int(time.time())
         jobs = [(ids, params.with_(seed=None if req.seed is None else req.seed + j)) for j in range(req.n)]
         base = {"id": rid, "object": "chat.completion.chunk", "created": now, "model": model_name,
                 **srv.fingerprint}  # fmt: skip
 
         def chunk(i: int, ev: Event, c: _Choice) -> dict | None:
-            if not ev.text and not ev.finished and ev.logprob is None:
+            delta = readers[i].delta(ev.text, ev.finished)
+            if not delta and not ev.finished and ev.logprob is None:
                 return None
-            delta = {"content": ev.text} if ev.text else {}
             lp = {"content": [chat_logprob(ev)]} if ev.logprob is not None else None
-            choice = {"index": i, "delta": delta, "logprobs": lp, "finish_reason": ev.finish_reason}
+            reason = readers[i].finish_reason(ev.finish_reason)
+            choice = {"index": i, "delta": delta, "logprobs": lp, "finish_reason": reason}
             return {**base, "choices": [choice], **(extra if ev.finish_reason else {})}
 
         firsts = [{**base, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""},
@@ -488,8 +492,8 @@ def create_app(
             out = []
             for i, c in enumerate(choices):
                 lp = {"content": [chat_logprob(e) for e in c.logprobs]} if req.logprobs else None
-                out.append({"index": i, "message": {"role": "assistant", "content": "".join(c.text)},
-                            "logprobs": lp, "finish_reason": c.finish_reason})  # fmt: skip
+                message, reason = readers[i].message("".join(c.text), c.finish_reason)
+                out.append({"index": i, "message": message, "logprobs": lp, "finish_reason": reason})
             return {
                 "id": rid,
                 "object": "chat.completion",
