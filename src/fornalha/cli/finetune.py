@@ -7,6 +7,16 @@ from typing import Annotated
 
 import typer
 
+from fornalha.cli.options import (
+    DeviceOpt,
+    LoraAlphaOpt,
+    LoraOpt,
+    RestartOpt,
+    ResumeOpt,
+    SetOpt,
+    TimeBudgetOpt,
+)
+
 finetune_app = typer.Typer(
     name="finetune",
     help="Fine-tune a trained run: sft (chat: answer like an assistant), dpo (prefer the chosen answers).",
@@ -44,14 +54,8 @@ def sft_command(
             "OpenAssistant trees.",
         ),
     ] = None,
-    sets: Annotated[
-        list[str] | None,
-        typer.Option("--set", help="Override a config key, e.g. --set train.lr=3e-4 --set max_steps=500."),
-    ] = None,
-    time_budget: Annotated[
-        float | None,
-        typer.Option("--time-budget", help="Wall-clock minutes; the schedule and evaluations fit to it."),
-    ] = None,
+    sets: SetOpt = None,
+    time_budget: TimeBudgetOpt = None,
     val_fraction: Annotated[
         float,
         typer.Option("--val-fraction", help="Share of questions held out (by question, deterministic)."),
@@ -60,31 +64,14 @@ def sft_command(
         bool,
         typer.Option("--pack/--no-pack", help="Pack several conversations per row (document-masked)."),
     ] = True,
-    device: Annotated[
-        str | None, typer.Option("--device", help="auto (cuda -> mps -> cpu), cpu, cuda, mps.")
-    ] = None,
-    resume: Annotated[
-        bool, typer.Option("--resume", help="Continue the run in --out from its newest valid checkpoint.")
-    ] = False,
-    restart: Annotated[
-        bool,
-        typer.Option(
-            "--restart", help="With --resume: when no checkpoint is valid, start again from step 0."
-        ),
-    ] = False,
+    device: DeviceOpt = None,
+    resume: ResumeOpt = False,
+    restart: RestartOpt = False,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace an earlier SFT run in --out (only its own files).")
     ] = False,
-    lora: Annotated[
-        int | None,
-        typer.Option(
-            "--lora", help="Train LoRA adapters of this rank instead of every weight (merged on save)."
-        ),
-    ] = None,
-    lora_alpha: Annotated[
-        float | None,
-        typer.Option("--lora-alpha", help="LoRA scale numerator: scale = alpha / rank (default 2·rank)."),
-    ] = None,
+    lora: LoraOpt = None,
+    lora_alpha: LoraAlphaOpt = None,
 ) -> None:
     """Supervised fine-tuning for chat: loss on the assistant's tokens only, a held-out split by
     question, and the held-out answer loss before and after in OUT/sft_report.json.
