@@ -56,12 +56,24 @@ def main() -> None:
     data = work / "hellaswag.jsonl"
     with data.open("w") as f:
         for ex in examples:
-            f.write(json.dumps({"ctx": ex["ctx"], "endings": ex["endings"], "label": int(ex["label"])}) + "\n")
+            f.write(
+                json.dumps({"ctx": ex["ctx"], "endings": ex["endings"], "label": int(ex["label"])}) + "\n"
+            )
     (work / "tasks").mkdir()
     (work / "tasks" / "hellaswag_local.yaml").write_text(TASK_YAML.format(data=data))
 
     subprocess.run(
-        [sys.executable, "-m", "fornalha.cli", "export", "hf", "--run", str(args.run), "--out", str(work / "hf")],
+        [
+            sys.executable,
+            "-m",
+            "fornalha.cli",
+            "export",
+            "hf",
+            "--run",
+            str(args.run),
+            "--out",
+            str(work / "hf"),
+        ],
         check=True,
     )
     t0 = time.perf_counter()

@@ -11,8 +11,12 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    # Under xdist each worker gets one core; more threads would only fight over it.
+    # Under xdist each worker gets one core; more threads would only fight over it. The environment
+    # variable reaches the subprocesses the tests start (CLI runs, servers): on 2 cores with two
+    # workers, a 2-thread torch process waits on OpenMP barriers whose other thread is descheduled —
+    # a training step measured 4x slower than with one thread.
     if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
         try:
             import torch
 
