@@ -47,6 +47,7 @@ def _register_all() -> None:
         evaluate,
         explain,
         feedback,
+        improve,
         infer,
         interop,
         pipeline,
@@ -70,6 +71,7 @@ def _register_all() -> None:
         feedback,
         explain,
         registry,
+        improve,
     )
     for module in modules:
         module.register(app)
