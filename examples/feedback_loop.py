@@ -47,7 +47,21 @@ VAL_TEXT = (
     "Every morning the baker opened his shop at six and sold bread to the fishermen. "
     "In the evening the square filled with music, and the lanterns swayed in the warm air. "
 )
-PROMPT_WORDS = "river mill children sea baker shop bread fishermen evening square music lanterns air".split()
+PROMPT_WORDS = [
+    "river",
+    "mill",
+    "children",
+    "sea",
+    "baker",
+    "shop",
+    "bread",
+    "fishermen",
+    "evening",
+    "square",
+    "music",
+    "lanterns",
+    "air",
+]
 
 
 def satisfies(answer: str) -> bool:
@@ -91,9 +105,13 @@ def make_val_dataset(folder: Path) -> Path:
     (folder / "val").mkdir(parents=True)
     docs = [VAL_TEXT[i:] + VAL_TEXT[:i] for i in range(0, len(VAL_TEXT), 23)]
     lines = [json.dumps({"text": t, "source": "example", "id": str(i)}) for i, t in enumerate(docs)]
-    (folder / "val" / "part-00000.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress("\n".join(lines).encode()))
+    (folder / "val" / "part-00000.jsonl.zst").write_bytes(
+        zstandard.ZstdCompressor().compress("\n".join(lines).encode())
+    )
     split = {"shards": [{"file": "val/part-00000.jsonl.zst"}], "documents": len(lines)}
-    (folder / "manifest.json").write_text(json.dumps({"format": "fornalha-dataset", "version": 1, "splits": {"val": split}}))
+    (folder / "manifest.json").write_text(
+        json.dumps({"format": "fornalha-dataset", "version": 1, "splits": {"val": split}})
+    )
     return folder
 
 
@@ -105,7 +123,9 @@ def env() -> dict[str, str]:
 
 
 def fornalha(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "fornalha.cli", *args], env=env(), capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, "-m", "fornalha.cli", *args], env=env(), capture_output=True, text=True
+    )
 
 
 class Server:
@@ -217,7 +237,9 @@ def main() -> None:
     server = Server(registry, work / "server.log")
     try:
         share_before, versions = share_on_held_out(server, args.held_out_prompts)
-        log(f"share before (v1, {args.held_out_prompts} held-out prompts): {share_before:.3f} {sorted(versions)}")
+        log(
+            f"share before (v1, {args.held_out_prompts} held-out prompts): {share_before:.3f} {sorted(versions)}"
+        )
         clean = play_users(server, "clean", args.prompts, corrupt=False)
         log(f"clean round: {clean}")
         r1 = improve(registry, db, work / "round1", val, args.steps)

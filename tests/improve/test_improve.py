@@ -65,9 +65,13 @@ def val_dataset(root):
     """A prepared dataset folder with a `val` split: what the gate's bpb check reads."""
     (root / "val").mkdir(parents=True)
     lines = [json.dumps({"text": TEXT[i:] + TEXT[:i], "source": "t", "id": str(i)}) for i in range(0, 60, 7)]
-    (root / "val" / "part-00000.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress("\n".join(lines).encode()))
+    (root / "val" / "part-00000.jsonl.zst").write_bytes(
+        zstandard.ZstdCompressor().compress("\n".join(lines).encode())
+    )
     split = {"shards": [{"file": "val/part-00000.jsonl.zst"}], "documents": len(lines)}
-    (root / "manifest.json").write_text(json.dumps({"format": "fornalha-dataset", "version": 1, "splits": {"val": split}}))
+    (root / "manifest.json").write_text(
+        json.dumps({"format": "fornalha-dataset", "version": 1, "splits": {"val": split}})
+    )
     return root
 
 
@@ -79,7 +83,7 @@ def play_users(srv, tag: str, corrupt: bool = False, seed: int = 0) -> tuple[int
     """
     client, rng, posted, fingerprints = srv.client(), random.Random(seed), 0, set()
     for i in range(N_PROMPTS):
-        prompt = f"{tag} {i}: {TEXT[i % 40:(i % 40) + 12]}"
+        prompt = f"{tag} {i}: {TEXT[i % 40 : (i % 40) + 12]}"
         got = []
         for _ in range(ANSWERS_PER_PROMPT):
             r = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": prompt}],
@@ -144,7 +148,10 @@ def test_improve_promotes_a_better_version_and_refuses_random_feedback(tmp_path)
         assert decision["action"] == "promote" and decision["promoted"] and decision["challenger"] == "v2"
         checks = {c["name"]: c for c in decision["numbers"]["checks"]}
         fb = checks["preference_accuracy"]
-        assert fb["passed"] and fb["challenger"] > fb["champion"] + decision["policy"]["min_gain"] > fb["champion"]
+        assert (
+            fb["passed"]
+            and fb["challenger"] > fb["champion"] + decision["policy"]["min_gain"] > fb["champion"]
+        )
         assert checks["validation bpb"]["passed"]
         rows = reg.db_rows()
         assert [d["challenger"] for d in rows["decisions"] if d["action"] == "promote"] == ["v2"]

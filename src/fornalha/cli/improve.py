@@ -13,14 +13,22 @@ REFUSED_EXIT = 3  # as `fornalha registry promote`
 
 def improve_command(
     registry: Annotated[
-        Path, typer.Option("--registry", envvar="FORNALHA_REGISTRY", help="The registry folder (its champion is improved).")
+        Path,
+        typer.Option(
+            "--registry", envvar="FORNALHA_REGISTRY", help="The registry folder (its champion is improved)."
+        ),
     ],
     db: Annotated[
-        str, typer.Option("--db", envvar="FORNALHA_DB", help="The serving store's URL, e.g. sqlite:///models/fornalha.db.")
+        str,
+        typer.Option(
+            "--db", envvar="FORNALHA_DB", help="The serving store's URL, e.g. sqlite:///models/fornalha.db."
+        ),
     ],
     out: Annotated[
         Path | None,
-        typer.Option("--out", help="Work folder: feedback/, dpo/, improve.html (default improve/REGISTRY-TIME)."),
+        typer.Option(
+            "--out", help="Work folder: feedback/, dpo/, improve.html (default improve/REGISTRY-TIME)."
+        ),
     ] = None,
     method: Annotated[str, typer.Option("--method", help="dpo, sft or both (sft, then dpo).")] = "dpo",
     sets: Annotated[
@@ -46,7 +54,7 @@ def improve_command(
     ] = "preference_accuracy",
     min_gain: Annotated[
         float | None,
-        typer.Option("--min-gain", help="Required gain on the metric (default: 1/sqrt(held-out pairs)).")
+        typer.Option("--min-gain", help="Required gain on the metric (default: 1/sqrt(held-out pairs))."),
     ] = None,
     min_pairs: Annotated[
         int, typer.Option("--min-pairs", help="Fewest training preference pairs worth a fine-tune.")

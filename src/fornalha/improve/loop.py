@@ -196,7 +196,9 @@ def improve(
         finetune: dict[str, Any] = {}
         if settings.method in ("sft", "both"):
             sft_data = fb_dir / "train" / "sft.jsonl"
-            finetune["sft"] = _finetune_sft(start, sft_data, work / "sft", sets, time_budget, settings, console)
+            finetune["sft"] = _finetune_sft(
+                start, sft_data, work / "sft", sets, time_budget, settings, console
+            )
             start = work / "sft"
         if settings.method in ("dpo", "both"):
             dpo = DPOSettings(beta=settings.beta, lora=settings.lora)
@@ -215,7 +217,9 @@ def improve(
         min_gain = settings.min_gain
         if min_gain is None:
             min_gain = noise_margin(n_held_conv) if settings.metric == "preference_accuracy" else 0.0
-        policy = GatePolicy(bpb_tolerance=settings.tolerance, feedback_metric=settings.metric, min_gain=min_gain)
+        policy = GatePolicy(
+            bpb_tolerance=settings.tolerance, feedback_metric=settings.metric, min_gain=min_gain
+        )
         measure = measure_on(val_data, held_pairs, max_tokens=settings.max_tokens, max_pairs=None,
                              device=settings.device)  # fmt: skip
         source = (f"measured now: val bpb on {val_data}, {n_held} held-out feedback pairs "
