@@ -1,6 +1,6 @@
 """The improvement loop, played end to end: users rate a served model, `fornalha improve` makes it better.
 
-    python examples/feedback_loop.py [--work DIR] [--prompts 200] [--steps 60]
+    python examples/feedback_loop.py [--work DIR] [--prompts 200] [--steps 80]
 
 1. A registry with one version, v1 (the champion): by default an untrained tiny character-level
    GPT whose answers are near-uniform strings of characters (`--run RUN` uses a trained run instead).
@@ -39,7 +39,7 @@ import torch
 import zstandard
 
 ROOT = Path(__file__).resolve().parents[1]
-MIN_VOWELS = 4  # the rule: an answer with at least this many vowels is liked
+MIN_VOWELS = 3  # the rule: an answer with at least this many vowels is liked
 ANSWER_TOKENS = 16
 KEY = "sk-feedback-loop"
 VAL_TEXT = (
@@ -208,8 +208,7 @@ def share_on_held_out(server: Server, n: int) -> tuple[float, set[str]]:
 
 def improve(registry: Path, db: str, out: Path, val: Path, steps: int) -> subprocess.CompletedProcess:
     return fornalha("improve", "--registry", str(registry), "--db", db, "--out", str(out), "--val-data", str(val),
-                    "--tolerance", "0.05", "--set", f"train.max_steps={steps}", "--set", "train.lr=1e-3",
-                    "--set", "train.eval_interval=20")  # fmt: skip
+                    "--set", f"train.max_steps={steps}", "--set", "train.eval_interval=20")  # fmt: skip
 
 
 def main() -> None:
@@ -217,7 +216,7 @@ def main() -> None:
     p.add_argument("--work", type=Path, default=None, help="work folder (default: a new temporary one)")
     p.add_argument("--prompts", type=int, default=200, help="training prompts per round (3 answers each)")
     p.add_argument("--held-out-prompts", type=int, default=200)
-    p.add_argument("--steps", type=int, default=60, help="DPO steps")
+    p.add_argument("--steps", type=int, default=80, help="DPO steps (DPO's other defaults: lr 3e-4, 8 pairs)")
     p.add_argument("--run", type=Path, default=None, help="a trained run to start from (default: built)")
     args = p.parse_args()
     started = time.time()

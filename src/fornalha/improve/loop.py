@@ -114,21 +114,19 @@ def _pairs_file(folder: Path, split: str) -> Path:
 
 def _finetune_sft(start: Path, data: Path, out: Path, sets: list[str], time_budget: float | None,
                   settings: ImproveSettings, console: Any) -> dict[str, Any]:  # fmt: skip
-    """SFT on liked answers and corrections, when this build has `fornalha finetune sft`."""
+    """SFT on the liked answers and corrections (`fornalha finetune sft`'s function, its defaults)."""
     try:
-        from fornalha.finetune import sft
+        from fornalha.finetune.sft import SFTSettings, finetune_sft
     except ImportError:
         raise ConfigError(
             "--method sft/both needs `fornalha finetune sft` (fornalha.finetune.sft), which this build "
             "does not have; use --method dpo"
         ) from None
-    fn = getattr(sft, "finetune_sft", None)
-    if fn is None:
-        raise ConfigError("fornalha.finetune.sft has no finetune_sft(); use --method dpo")
-    kwargs: dict[str, Any] = {"sets": sets, "time_budget": time_budget, "device": settings.device}
-    if settings.lora is not None:
-        kwargs["lora"] = settings.lora
-    return fn(start, data, out, console=console, **kwargs) or {}
+    overrides = [*sets, f"train.device={settings.device}"]
+    if time_budget is not None:
+        overrides.append(f"train.time_budget_minutes={time_budget}")
+    sft = SFTSettings(base_run=str(start), data=[str(data)], lora=settings.lora)
+    return finetune_sft(sft, out, overrides, console=console)
 
 
 def improve(
