@@ -23,8 +23,8 @@ demo: install
 
 # ruff, then the layer contract in pyproject.toml ([tool.importlinter]): lower layers never import higher ones.
 lint: install
-	$(VENV)/bin/ruff check src tests benchmarks
-	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks examples
+	$(VENV)/bin/ruff format --check src tests benchmarks examples
 	$(VENV)/bin/lint-imports
 
 # System packages the tests use: Debian's chromium for the Playwright tests of the chat page (Playwright

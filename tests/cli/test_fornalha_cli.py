@@ -29,6 +29,7 @@ COMMANDS = [
     ["export", "hf"],
     ["import", "hf"],
     ["explain"],
+    ["finetune", "sft"],
     ["finetune", "dpo"],
     ["feedback", "export"],
     ["registry", "promote"],

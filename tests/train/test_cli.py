@@ -49,6 +49,10 @@ def test_print_config_resolves_overrides(capsys, tmp_path):
     ok(["train", "--out", str(tmp_path / "r"), "--preset", "tiny", "--set", "depth=3", "--print-config"])
     text = capsys.readouterr().out
     assert "n_embd: 192" in text and "n_layer: 3" in text
+    ok(["train", "--preset", "tiny", "--set", "depth=3", "--print-config"])  # no --out: nothing is written
+    assert "n_layer: 3" in capsys.readouterr().out
+    code, _, err = run_cli(["train", "--preset", "tiny"], capsys)
+    assert code == 2 and "--out is required" in err and "Traceback" not in err
 
 
 def test_train_from_a_dataset_folder_trains_and_caches_a_bpe_tokenizer(tmp_path, shakespeare_text, capsys):

@@ -33,3 +33,24 @@ def test_constant_and_errors():
     with pytest.raises(ValueError):
         lr_multiplier(0.5, "linear")
     assert warmup_fraction(0.05, None) == 0.05 and warmup_fraction(100, 1000) == 0.1
+
+
+def test_run_clock_skips_missed_evaluation_slots_instead_of_evaluating_every_step():
+    """Under a time budget, a step slower than the evaluation interval gives ONE evaluation, then the
+    next slot after now (found by the SFT run on a loaded machine: it evaluated after every step)."""
+    from types import SimpleNamespace
+
+    from fornalha.train.schedule import RunClock
+
+    t = SimpleNamespace(time_budget_minutes=1.0, evals_per_budget=6, max_steps=10**6, eval_interval=10)
+    state = SimpleNamespace(step=0, elapsed_s=0.0, next_eval_s=0.0)
+    clock = RunClock(t, state)
+    assert state.next_eval_s == 10.0  # 60 s / 6
+    now = [0.0]
+    clock.elapsed = lambda: now[0]
+    due = []
+    for seconds in (5, 9, 35, 36, 37, 39, 41, 45):  # one slow step jumps from 9 s to 35 s
+        now[0] = seconds
+        due.append(clock.eval_due())
+    assert due == [False, False, True, False, False, False, True, False]
+    assert state.next_eval_s == 50.0

@@ -43,10 +43,10 @@ app = typer.Typer(
 def _register_all() -> None:
     from fornalha.cli import (
         data,
-        dpo,
         evaluate,
         explain,
         feedback,
+        finetune,
         improve,
         infer,
         interop,
@@ -68,16 +68,14 @@ def _register_all() -> None:
         interop,
         serve,
         recommend,
+        finetune,
         feedback,
-        explain,
         registry,
+        explain,
         improve,
     )
     for module in modules:
         module.register(app)
-    finetune_app = typer.Typer(help="Fine-tune a run: dpo.", no_args_is_help=True)
-    dpo.register(finetune_app)
-    app.add_typer(finetune_app, name="finetune")
 
 
 _register_all()

@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from fornalha.cli.options import DeviceOpt, LoraAlphaOpt, LoraOpt, ResumeOpt, SetOpt, TimeBudgetOpt
+
 
 def dpo_command(
     run: Annotated[Path, typer.Option("--run", help="The run to start from (its best checkpoint): π_ref.")],
@@ -21,32 +23,15 @@ def dpo_command(
     beta: Annotated[
         float, typer.Option("--beta", help="How far the model may move from the start model (DPO's β).")
     ] = 0.1,
-    sets: Annotated[
-        list[str] | None,
-        typer.Option("--set", help="Override a config key, e.g. --set train.lr=1e-4 --set max_steps=300."),
-    ] = None,
-    time_budget: Annotated[
-        float | None, typer.Option("--time-budget", help="Wall-clock minutes for training.")
-    ] = None,
-    lora: Annotated[
-        int | None,
-        typer.Option(
-            "--lora", help="Train LoRA adapters of this rank instead of every weight (merged on save)."
-        ),
-    ] = None,
-    lora_alpha: Annotated[
-        float | None,
-        typer.Option("--lora-alpha", help="LoRA scale numerator: scale = alpha / rank (default 2·rank)."),
-    ] = None,
+    sets: SetOpt = None,
+    time_budget: TimeBudgetOpt = None,
+    lora: LoraOpt = None,
+    lora_alpha: LoraAlphaOpt = None,
     held_out: Annotated[
         float, typer.Option("--held-out", help="Share of prompts held out for evaluation.")
     ] = 0.1,
-    resume: Annotated[
-        bool, typer.Option("--resume", help="Continue the run in --out from its newest valid checkpoint.")
-    ] = False,
-    device: Annotated[
-        str | None, typer.Option("--device", help="auto (cuda -> mps -> cpu), cpu, cuda, mps.")
-    ] = None,
+    resume: ResumeOpt = False,
+    device: DeviceOpt = None,
 ) -> None:
     """Direct Preference Optimization against the frozen start model (docs/dpo.md).
 

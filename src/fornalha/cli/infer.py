@@ -89,6 +89,53 @@ def _load_engine(
     return engine, tokenizer
 
 
+DocsOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--docs",
+        help="Folder of documents (read like `data prepare` reads): each turn quotes the best passages "
+        "and lists them as sources.",
+    ),
+]
+DocsTopKOpt = Annotated[int, typer.Option("--docs-top-k", help="Passages quoted per turn at most.")]
+RetrievalOpt = Annotated[
+    str,
+    typer.Option(
+        "--retrieval", help="bm25, or hybrid (BM25 fused with the model's embeddings by reciprocal rank)."
+    ),
+]
+
+
+def _read_docs(docs: Path | None, retrieval: str, top_k: int):
+    """The passages of --docs (None without it), read before the model loads so that a bad folder
+    fails at once; checks --retrieval and --docs-top-k."""
+    if retrieval not in ("bm25", "hybrid"):
+        raise ConfigError(f"unknown --retrieval {retrieval!r}; choose bm25 or hybrid")
+    if top_k < 1:
+        raise ConfigError(f"--docs-top-k must be >= 1, got {top_k}")
+    if docs is None:
+        return None
+    from fornalha.assistant import read_passages
+
+    passages, skipped = read_passages(docs)
+    files = len({p.path for p in passages})
+    _say(f"docs: {len(passages)} passages from {files} document(s) in {docs} ({retrieval})")
+    if skipped:
+        reasons = sorted({s.reason for s in skipped})
+        _say(f"docs: skipped {len(skipped)} unreadable file(s) or record(s): {'; '.join(reasons)}")
+    return passages
+
+
+def _docs_retriever(passages, retrieval: str, engine, tokenizer):
+    """The `fornalha.assistant.Retriever` over the passages (None without --docs)."""
+    if passages is None:
+        return None
+    from fornalha.assistant import Retriever, engine_embedder
+
+    embed = engine_embedder(engine, tokenizer) if retrieval == "hybrid" else None
+    return Retriever(passages, embed=embed)
+
+
 def _params(**kw: Any):
     from fornalha.infer import SamplingParams
 
@@ -226,13 +273,20 @@ def chat_command(
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
     kv_cache: KvCacheOpt = "auto",
+    docs: DocsOpt = None,
+    docs_top_k: DocsTopKOpt = 3,
+    retrieval: RetrievalOpt = "bm25",
 ) -> None:
     """Chat with a model in the terminal, replies streamed as they are written.
 
     Type a message and press Enter. Commands: /reset (forget the conversation), /save FILE (write
-    the transcript as JSON), /exit. Works with piped input too (one message per line):
+    the transcript as JSON), /exit. Works with piped input too (one message per line). When the
+    conversation outgrows the context window the oldest messages are dropped, and a line says so.
+    With --docs, each turn quotes the best passages of your documents and lists them after the reply.
 
       fornalha chat --run runs/sft --system "You are a helpful assistant."
+
+      fornalha chat --run runs/sft --docs notes/
 
       printf 'Hello!\\nWhat is a tokenizer?\\n/save chat.json\\n' | fornalha chat --run runs/sft
     """
@@ -243,9 +297,14 @@ def chat_command(
         top_k=top_k,
         repetition_penalty=repetition_penalty,
     )
+    from fornalha.assistant import default_reserve, prepare_chat
+
+    passages = _read_docs(docs, retrieval, docs_top_k)
     engine, tokenizer = _load_engine(run, checkpoint, device, dtype, max_batch_size=1, kv_cache=kv_cache)
     if not hasattr(tokenizer, "encode_chat"):
         raise FornalhaError("this run's tokenizer has no chat template (encode_chat)")
+    retriever = _docs_retriever(passages, retrieval, engine, tokenizer)
+    reserve = default_reserve(engine.max_seq_len, max_new_tokens)
     interactive = sys.stdin.isatty()
     history: list[dict[str, str]] = []
 
@@ -291,11 +350,16 @@ def chat_command(
             continue
 
         history.append({"role": "user", "content": text})
-        ids = _fit_context(tokenizer, messages, history, engine.max_seq_len - 1)
-        if ids is None:
+        prepared = prepare_chat(messages(), tokenizer, context=engine.max_seq_len, reserve=reserve,
+                                retriever=retriever, top_k=docs_top_k)  # fmt: skip
+        if len(prepared.ids) >= engine.max_seq_len:
             history.pop()
             _say(f"that message alone is longer than the model's context ({engine.max_seq_len} tokens)")
             continue
+        if prepared.dropped:
+            del history[: prepared.dropped]
+            _say(f"({prepared.note})")
+        ids = prepared.ids
         turn_params = params.with_(seed=None if seed is None else seed + turn)
         turn += 1
         if interactive:
@@ -309,19 +373,8 @@ def chat_command(
         sys.stdout.write("\n")
         sys.stdout.flush()
         history.append({"role": "assistant", "content": "".join(reply)})
-
-
-def _fit_context(tokenizer, messages, history: list[dict[str, str]], limit: int) -> list[int] | None:
-    """The chat prompt's ids, dropping the oldest exchanges (never the system prompt or the new
-    message) until it fits in `limit` tokens; None when even the new message alone does not fit."""
-    while True:
-        ids = tokenizer.encode_chat(messages(), add_generation_prompt=True)
-        if len(ids) <= limit:
-            return ids
-        if len(history) <= 1:
-            return None
-        del history[: min(2, len(history) - 1)]  # one user/assistant exchange
-        _say("(oldest messages dropped to fit the context)")
+        for i, hit in enumerate(prepared.sources, start=1):
+            _say(f"  [{i}] {hit.passage.id} (score {hit.score:.3g}): {hit.passage.text[:100]}")
 
 
 def register(app: typer.Typer) -> None:

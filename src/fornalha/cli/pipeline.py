@@ -47,7 +47,11 @@ def _stage(n: int, title: str) -> None:
 
 def pipeline_command(
     preset: Annotated[
-        str, typer.Option(help="Training preset: tiny (2-core CPU), small, gpt2-124m.")
+        str,
+        typer.Option(
+            help="Training preset: tiny (2-core CPU), small, gpt2-124m; assistant: pre-train, then chat SFT, "
+            "then held-out answers before/after (docs/finetune.md)."
+        ),
     ] = "tiny",
     source: Annotated[
         list[str] | None,
@@ -57,8 +61,11 @@ def pipeline_command(
         Path, typer.Option("--out", "-o", help="Pipeline folder (a run folder plus its data).")
     ] = Path("runs/pipeline"),
     minutes: Annotated[
-        float, typer.Option("--minutes", help="Wall-clock budget for the whole pipeline, in minutes.")
-    ] = 9.0,
+        float | None,
+        typer.Option(
+            "--minutes", help="Wall-clock budget for the whole pipeline, in minutes (9; assistant: 14)."
+        ),
+    ] = None,
     vocab_size: Annotated[
         int | None, typer.Option(help="Tokenizer vocabulary (default: the preset's data.vocab_size).")
     ] = None,
@@ -80,6 +87,21 @@ def pipeline_command(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace an earlier run in OUT (data caches are kept).")
     ] = False,
+    sft_data: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--sft-data", help="assistant: chat data (repeatable); default ../shared/data/sft Q&A sets."
+        ),
+    ] = None,
+    sft_sets: Annotated[
+        list[str] | None,
+        typer.Option("--sft-set", help="assistant: fine-tuning config override (repeatable)."),
+    ] = None,
+    questions: Annotated[int, typer.Option(help="assistant: held-out questions answered before/after.")] = 48,
+    max_answer_tokens: Annotated[
+        int, typer.Option(help="assistant: longest greedy answer, in tokens.")
+    ] = 128,
+    base_only: Annotated[bool, typer.Option("--base-only", hidden=True)] = False,
 ) -> None:
     """Run every stage: prepare -> tokenizer -> shards -> train -> eval -> samples -> report.html.
 
@@ -90,7 +112,18 @@ def pipeline_command(
       fornalha pipeline --preset tiny --source ../shared/data/tinyshakespeare.txt --split tail --out runs/shakespeare
 
       fornalha pipeline --source ../shared/data/pt --minutes 20 --set model.n_layer=6 --out runs/pt
+
+      fornalha pipeline --preset assistant --out runs/assistant
     """
+    if preset == "assistant" and not base_only:
+        from fornalha.cli.pipeline_assistant import DEFAULT_MINUTES, assistant_pipeline
+
+        more = dict(vocab_size=vocab_size, tokenizer_kind=tokenizer_kind, val_fraction=val_fraction, split=split,
+                    max_bytes=max_bytes, blimp=blimp, hellaswag=hellaswag, limit=limit, base_only=True)  # fmt: skip
+        assistant_pipeline(out, minutes or DEFAULT_MINUTES, source, sft_data, sets, sft_sets, questions,
+                           max_answer_tokens, device, overwrite, more)  # fmt: skip
+        return
+    minutes = minutes or 9.0
     from fornalha.cli.data_prepare import print_report
     from fornalha.cli.tokenizer import save_tokenizer
     from fornalha.data.prepare import PrepareConfig, SourceEntry, prepare

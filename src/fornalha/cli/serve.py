@@ -75,6 +75,18 @@ def serve_command(
             "A `fornalha recommend train` run: adds POST /v1/recommendations.",
         ),
     ] = None,
+    docs: Annotated[
+        Path | None,
+        _opt(
+            "--docs",
+            "FORNALHA_DOCS",
+            "Folder of documents: chat answers quote the best passages, with sources.",
+        ),
+    ] = None,
+    docs_top_k: Annotated[int, _opt("--docs-top-k", "FORNALHA_DOCS_TOP_K", "Passages quoted per turn.")] = 3,
+    retrieval: Annotated[
+        str, _opt("--retrieval", "FORNALHA_RETRIEVAL", "bm25, or hybrid (BM25 + the model's embeddings).")
+    ] = "bm25",
     no_log_prompts: Annotated[
         bool, _opt("--no-log-prompts", "FORNALHA_NO_LOG_PROMPTS", "Store only metadata, not texts.")
     ] = False,
@@ -109,7 +121,7 @@ def serve_command(
     """Serve a run over OpenAI's HTTP API (completions, chat, embeddings) with continuous batching."""
     import uvicorn
 
-    from fornalha.cli.infer import _load_engine
+    from fornalha.cli.infer import _docs_retriever, _load_engine, _read_docs
     from fornalha.serve.app import create_app
     from fornalha.serve.auth import load_keys
 
@@ -139,12 +151,15 @@ def serve_command(
         from fornalha.recommend.recommender import Recommender
 
         rec = Recommender(recommender)
+    passages = _read_docs(docs, retrieval, docs_top_k)
     engine, tokenizer = _load_engine(run, "best", device, "auto", max_batch, prefix_caching=True)
+    retriever = _docs_retriever(passages, retrieval, engine, tokenizer)
     store = Store(db or f"sqlite:///{run.resolve() / 'serve.db'}", log_prompts=not no_log_prompts)
     name = model_name or run.resolve().name
     app = create_app(
         engine, tokenizer, model_name=name, api_keys=keys, rate_limit=rate_limit, rate_burst=rate_burst,
         max_queue=max_queue, request_timeout=request_timeout, store=store, model_version=version,
+        retriever=retriever, docs_top_k=docs_top_k,
     )  # fmt: skip
     if registry is not None:
         _serve_registry(app, registry, registry_poll, admin_keys_file, run, device, max_batch)

@@ -8,8 +8,10 @@ from typing import Annotated
 
 import typer
 
+from fornalha.cli.options import DeviceOpt, ResumeOpt, SetOpt, TimeBudgetOpt
+from fornalha.errors import ConfigError
+
 PRESET_HELP = "Preset: tiny (2-core CPU, minutes), small, gpt2-124m (one GPU)."
-SET_HELP = "Override a config key, e.g. --set train.lr=3e-3 --set max_steps=300 --set depth=6 (repeatable)."
 
 
 def _cli_overrides(
@@ -39,7 +41,12 @@ def _cli_overrides(
 
 
 def train_command(
-    out: Annotated[Path, typer.Option("--out", help="Run folder to write (checkpoints, metrics, plots).")],
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", help="Run folder to write (checkpoints, metrics, plots); --print-config needs none."
+        ),
+    ] = None,
     data: Annotated[
         str | None, typer.Option("--data", help="Prepared dataset folder or token-shards folder.")
     ] = None,
@@ -59,10 +66,8 @@ def train_command(
             "--vocab-size", help="Vocabulary of the BPE tokenizer trained when --tokenizer is omitted."
         ),
     ] = None,
-    sets: Annotated[list[str] | None, typer.Option("--set", help=SET_HELP)] = None,
-    resume: Annotated[
-        bool, typer.Option("--resume", help="Continue the run in --out from its newest valid checkpoint.")
-    ] = False,
+    sets: SetOpt = None,
+    resume: ResumeOpt = False,
     restart: Annotated[
         bool,
         typer.Option(
@@ -75,13 +80,8 @@ def train_command(
         str | None,
         typer.Option("--init-from", help="Start from this run's (or checkpoint's) weights: fine-tuning."),
     ] = None,
-    time_budget: Annotated[
-        float | None,
-        typer.Option("--time-budget", help="Wall-clock minutes; the schedule and evaluations fit to it."),
-    ] = None,
-    device: Annotated[
-        str | None, typer.Option("--device", help="auto (cuda -> mps -> cpu), cpu, cuda, mps.")
-    ] = None,
+    time_budget: TimeBudgetOpt = None,
+    device: DeviceOpt = None,
     print_config: Annotated[
         bool, typer.Option("--print-config", help="Print the resolved config and exit.")
     ] = False,
@@ -107,8 +107,10 @@ def train_command(
     """
     from fornalha.train.config import load_config
 
-    run_config = out / "config.yaml"
-    if resume and preset is None and config is None and run_config.is_file():
+    if out is None and not print_config:
+        raise ConfigError("--out is required: the run folder to write (only --print-config runs without it)")
+    run_config = out / "config.yaml" if out is not None else None
+    if resume and preset is None and config is None and run_config is not None and run_config.is_file():
         config = run_config  # resume with the run's own resolved config
     if preset is None and config is None:
         preset = "tiny"
@@ -141,7 +143,7 @@ def sweep_command(
     vocab_size: Annotated[
         int | None, typer.Option("--vocab-size", help="BPE vocabulary when training one.")
     ] = None,
-    sets: Annotated[list[str] | None, typer.Option("--set", help=SET_HELP)] = None,
+    sets: SetOpt = None,
     random_n: Annotated[
         int | None, typer.Option("--random", help="Run N random combinations instead of the full grid.")
     ] = None,

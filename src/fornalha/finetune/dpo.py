@@ -466,6 +466,7 @@ def finetune_dpo(
         extra_files={"dpo_settings.json": settings.to_dict() | {"start_run": str(run)}, "dpo_data.json": data_report},
         say=say,
     )  # fmt: skip
+    task.resume_command = f"fornalha finetune dpo --run {run} --data {data} --out {{out}} --resume"
     summary = train(cfg, out, resume=resume, console=console, task=task)
 
     after = summary.get("best") or {}

@@ -31,6 +31,11 @@ Why a cache at all: without one, producing token t means recomputing all t previ
 stored keys and values of the others. `use_cache=False` keeps that naive loop as the baseline
 the benchmark measures against.
 
+Structured output: a request whose `SamplingParams.grammar` is set gets a `Constraint` (its own
+parser state, `fornalha.infer.constrained`); the sampler masks that row's logits with it, `_emit`
+feeds it each token, and the request ends with "stop" as soon as the grammar is complete. The other
+rows of the batch are sampled exactly as without it.
+
 Prefix caching: a slot's cache keeps the keys/values of every token it has seen, and they stay
 valid after its sequence finishes (until the slot is reused or idles inside a running batch).
 When a request is admitted, the engine looks for the slot — running or free — whose tokens share
@@ -55,6 +60,7 @@ from typing import Any, Protocol
 import torch
 
 from fornalha.errors import ConfigError, FornalhaError
+from fornalha.infer.constrained import Constraint, GrammarVocabulary
 from fornalha.infer.decode import Decoder, static_decode_fn
 from fornalha.infer.kernels import MAX_HEAD_DIM, decode_attention_kernel
 from fornalha.infer.quantize import DECODE_WEIGHTS, fbgemm_available
@@ -92,8 +98,8 @@ class TokenLogprob:
 class Event:
     """What one step did for one request: the token it generated and the text that became
     displayable (may be "" — the rest of a character or a possible stop string is pending).
-    On the last event `finished` is True and `finish_reason` is "stop" (end-of-text token or
-    stop string) or "length" (max_new_tokens, or the context is full)."""
+    On the last event `finished` is True and `finish_reason` is "stop" (end-of-text token, stop
+    string, or the grammar complete) or "length" (max_new_tokens, or the context is full)."""
 
     request_id: int
     token_id: int | None
@@ -149,6 +155,7 @@ class _Sequence:
     first_token_at: float | None = None
     sampled: list[int] = field(default_factory=list)  # every sampled token, stop token included
     cached_prefix: int = 0  # prompt tokens whose keys/values came from the prefix cache
+    constraint: Constraint | None = None  # structured output: the grammar's state (params.grammar)
 
     def cached_tokens(self, pos: int) -> list[int]:
         """The tokens whose keys/values this sequence's slot holds (the first `pos`)."""
@@ -270,6 +277,15 @@ class Engine:
         self.prefix_hit_tokens = 0  # prompt tokens not recomputed thanks to the prefix cache
         self._bytes_cache: dict[int, bytes] = {}
         self._special_ids = frozenset(getattr(tokenizer, "special_ids", {}).values())
+        self._grammar_vocabulary: GrammarVocabulary | None = None  # built on the first grammar
+
+    def grammar_vocabulary(self) -> GrammarVocabulary:
+        """The tokenizer prepared for grammar masks (`fornalha.infer.constrained`), built once."""
+        if self._grammar_vocabulary is None:
+            self._grammar_vocabulary = GrammarVocabulary(
+                self.tokenizer, self.config.vocab_size, sorted(self._default_stop_ids)
+            )
+        return self._grammar_vocabulary
 
     # ---- requests ---------------------------------------------------------------------------
     def add_request(
@@ -318,6 +334,7 @@ class Engine:
             ),
             stop_ids=stop_ids,
             logprobs=[] if params.logprobs is not None else None,
+            constraint=self.grammar_vocabulary().constraint(params.grammar) if params.grammar else None,
         )
         self._next_id += 1
         if params.max_new_tokens == 0:
@@ -395,7 +412,7 @@ class Engine:
             seq.slot = slot
             self._slots[slot] = seq
             self._held[slot] = []
-            self.sampler.assign(slot, seq.params, seq.prompt_ids, seq.generator)
+            self.sampler.assign(slot, seq.params, seq.prompt_ids, seq.generator, seq.constraint)
             admitted.append(seq)
         if admitted:
             self._prefill(admitted, events)
@@ -543,8 +560,13 @@ class Engine:
             else:
                 s.out_ids.append(tok)
                 text = s.stream.push(tok)
+                if s.constraint is not None:
+                    s.constraint.consume(tok)
                 if s.stream.stopped is not None:
                     s.finish_reason = "stop"
+                elif s.constraint is not None and s.constraint.finished:  # the grammar is complete
+                    s.finish_reason = "stop"
+                    text += s.stream.finish()
                 elif len(s.out_ids) >= s.params.max_new_tokens or self._pos[s.slot] >= self.max_seq_len:
                     s.finish_reason = "length"
                 if s.finish_reason == "length":

@@ -3,8 +3,11 @@
 A language model gives, at every step, one score (logit) per vocabulary entry. Turning those
 scores into a token is a small pipeline, applied in this order:
 
-    logits ─► penalties ─► / temperature ─► top-k ─► top-p ─► min-p ─► softmax ─► draw one token
+    logits ─► grammar mask ─► penalties ─► / temperature ─► top-k ─► top-p ─► min-p ─► softmax ─► draw
 
+* **grammar mask** (structured output, only for requests that have a grammar): tokens that would
+  lead out of the grammar get -inf (`fornalha.infer.constrained`), so whatever is drawn after it
+  keeps the text valid. Other rows of the batch are not touched.
 * **penalties** discourage repeating what is already there. The *repetition* penalty (CTRL,
   Keskar et al. 2019) divides a positive logit (or multiplies a negative one) by ``r > 1`` for every
   token seen in the prompt or the output; the *frequency* and *presence* penalties (OpenAI) subtract
@@ -32,6 +35,7 @@ from typing import Any
 import torch
 
 from fornalha.errors import ConfigError
+from fornalha.infer.constrained import Constraint, mask_logits
 
 
 @dataclass
@@ -55,6 +59,9 @@ class SamplingParams:
     logprobs: None for none, or how many top alternatives to report with each chosen token's
         log-probability (0 = only the chosen token). Log-probabilities are those of the model's
         raw distribution, before penalties, temperature and filters.
+    grammar: an llguidance grammar the output must follow (built by `fornalha.infer.constrained`,
+        e.g. from a JSON schema): tokens that would break it are masked out before sampling, and
+        the request ends when the grammar is complete. None: free text.
     """
 
     max_new_tokens: int = 128
@@ -72,6 +79,7 @@ class SamplingParams:
     ignore_eos: bool = False
     skip_special_tokens: bool = True
     logprobs: int | None = None
+    grammar: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -92,6 +100,8 @@ class SamplingParams:
         need(self.n >= 1, f"n must be >= 1, got {self.n}")
         need(all(isinstance(s, str) and s for s in self.stop), "stop strings must be non-empty strings")
         need(self.logprobs is None or self.logprobs >= 0, f"logprobs must be >= 0, got {self.logprobs}")
+        need(self.grammar is None or not self.ignore_eos, "a grammar ends the output with a stop token: "
+             "it cannot be combined with ignore_eos")  # fmt: skip
 
     @property
     def greedy(self) -> bool:
@@ -216,9 +226,9 @@ class SampleOutput:
 class SlotSampler:
     """Per-slot sampling parameters kept as tensors, so one call samples every row with its own.
 
-    The engine calls `assign(slot, params, prompt_ids, generator)` when a request takes a slot,
-    `sample(logits)` for the rows 0..B-1 of a step, and `observe(tokens)` to count what was
-    generated (for the penalties). Fast paths skip the work no row needs: an all-greedy batch
+    The engine calls `assign(slot, params, prompt_ids, generator, constraint)` when a request takes
+    a slot, `sample(logits)` for the rows 0..B-1 of a step, and `observe(tokens)` to count what was
+    generated (for the penalties). A slot's `Constraint` (structured output) masks its row only. Fast paths skip the work no row needs: an all-greedy batch
     without penalties is a single arg-max.
     """
 
@@ -236,6 +246,7 @@ class SlotSampler:
         self.presence = torch.zeros(B, **kw)
         self.params: list[SamplingParams | None] = [None] * B
         self.generators: list[torch.Generator | None] = [None] * B
+        self.constraints: list[Constraint | None] = [None] * B
         # Penalty state is only allocated when some request asks for a penalty.
         self.seen: torch.Tensor | None = None
         self.counts: torch.Tensor | None = None
@@ -243,10 +254,16 @@ class SlotSampler:
 
     # ---- slots --------------------------------------------------------------------------------
     def assign(
-        self, slot: int, params: SamplingParams, prompt_ids: list[int], generator: torch.Generator | None
+        self,
+        slot: int,
+        params: SamplingParams,
+        prompt_ids: list[int],
+        generator: torch.Generator | None,
+        constraint: Constraint | None = None,
     ) -> None:
         self.params[slot] = params
         self.generators[slot] = generator
+        self.constraints[slot] = constraint
         self.temperature[slot] = params.temperature
         self.top_k[slot] = params.top_k
         self.top_p[slot] = params.top_p
@@ -268,6 +285,7 @@ class SlotSampler:
     def release(self, slot: int) -> None:
         self.params[slot] = None
         self.generators[slot] = None
+        self.constraints[slot] = None
         self.repetition[slot], self.frequency[slot], self.presence[slot] = 1.0, 0.0, 0.0
 
     def _active(self, B: int) -> list[SamplingParams]:
@@ -286,12 +304,15 @@ class SlotSampler:
             return t[:B] if contiguous else t[torch.as_tensor(idx, device=t.device)]
 
         raw = logits.float()
-        need_penalty = self.seen is not None and any(p.uses_penalties for p in active)
         scored = raw
+        constrained = [(i, self.constraints[s]) for i, s in enumerate(idx) if self.constraints[s] is not None]
+        if constrained:  # structured output: those rows may only take what their grammar allows
+            scored = mask_logits(raw, [i for i, _ in constrained], [c for _, c in constrained])
+        need_penalty = self.seen is not None and any(p.uses_penalties for p in active)
         if need_penalty:
             assert self.seen is not None and self.counts is not None
             scored = apply_penalties(
-                raw,
+                scored,
                 col(self.seen),
                 col(self.counts),
                 col(self.repetition),

@@ -148,6 +148,7 @@ class CausalSelfAttention(nn.Module):
         sin: torch.Tensor,
         kv_cache: KVCache | None = None,
         positions: torch.Tensor | None = None,
+        attn_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         B, T, _ = x.shape
         q, k, v = self.qkv(x).split(
@@ -162,6 +163,8 @@ class CausalSelfAttention(nn.Module):
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
 
         mask, is_causal = None, True
+        if attn_mask is not None:  # packed sequences: the caller's mask (causal within each document)
+            mask, is_causal = attn_mask, False
         if kv_cache is not None:
             # Write this step's keys/values at each row's own positions, then attend over the cache.
             assert positions is not None
@@ -217,8 +220,8 @@ class Block(nn.Module):
         self.mlp = MLP(config)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x, cos, sin, kv_cache=None, positions=None):
-        x = x + self.dropout(self.attn(self.attn_norm(x), cos, sin, kv_cache, positions))
+    def forward(self, x, cos, sin, kv_cache=None, positions=None, attn_mask=None):
+        x = x + self.dropout(self.attn(self.attn_norm(x), cos, sin, kv_cache, positions, attn_mask))
         x = x + self.dropout(self.mlp(self.mlp_norm(x)))
         return x
 
@@ -305,8 +308,14 @@ class GPT(nn.Module):
         kv_cache: KVCache | None = None,
         n_new: torch.Tensor | None = None,
         loss_reduction: str = "mean",
+        doc_ids: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """idx: [B, T] token ids. targets: [B, T] next-token ids, -1 where no loss is wanted.
+
+        doc_ids: [B, T] which document each token belongs to, for rows that pack several documents
+        (fine-tuning packs conversations): a token then attends only to earlier tokens of its own
+        document (document masking), so a row computes exactly what each document alone would. The
+        positions need no reset: rotary attention depends only on the distance between two tokens.
 
         With a `kv_cache`, the T tokens of row b go to positions pos[b] … pos[b]+T-1 and attend to
         everything the row already holds; afterwards pos[b] advances by n_new[b] (default T), so a
@@ -327,9 +336,19 @@ class GPT(nn.Module):
                 raise ValueError(f"KV cache full: position {int(positions.max())} >= {kv_cache.max_len}")
             cos, sin = self.rope_cos[positions][:, None], self.rope_sin[positions][:, None]  # [B,1,T,D/2]
 
+        attn_mask = None
+        if doc_ids is not None:
+            if kv_cache is not None:
+                raise ValueError(
+                    "doc_ids (packed training rows) and kv_cache (generation) do not go together"
+                )
+            causal = torch.ones(T, T, dtype=torch.bool, device=idx.device).tril()
+            same_doc = doc_ids[:, :, None] == doc_ids[:, None, :]  # [B, T, T]
+            attn_mask = (causal & same_doc)[:, None]  # [B, 1, T, T]: True = may attend
+
         x = self.wte(idx)
         for block in self.blocks:
-            x = block(x, cos, sin, kv_cache, positions)
+            x = block(x, cos, sin, kv_cache, positions, attn_mask)
         logits = softcap(self.lm_head(self.norm_f(x)), self.config.logit_softcap)
 
         if kv_cache is not None:

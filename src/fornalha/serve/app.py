@@ -7,9 +7,14 @@ gives server-sent events ending in ``data: [DONE]``), ``POST /v1/embeddings``, `
 ``GET /ready``, ``GET /metrics``. What a request goes through::
 
     size limit ─► API key ─► rate limit ─► body validated (unknown parameter = 400 naming it)
-      ─► model name ─► prompt tokenized and checked against the context ─► queue capacity
+      ─► model name ─► response_format / tools compiled to a grammar (structured.py)
+      ─► prompt tokenized and checked against the context ─► queue capacity
       ─► n sequences into the engine (async_engine) ─► JSON answer or SSE stream
       ─► the finished completion handed to the store (when one is attached)
+
+Chat completions carry two extension fields (fornalha.assistant; on the last streamed chunk too):
+``conversation`` (the oldest messages dropped to fit the context window, and a note saying so) and,
+when the server indexes documents (``retriever``), ``sources`` (the passages quoted in the prompt).
 
 Seams for what builds on this server: ``app.state.store`` (an object with
 ``record_completion(dict)`` and ``close()``), ``app.state.extra_routers`` (routers the CLI adds
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import json
 import time
 import uuid
@@ -37,6 +43,7 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from fornalha.assistant import PreparedChat, Retriever, default_reserve, prepare_chat
 from fornalha.infer.engine import Engine, Event
 from fornalha.infer.sampling import SamplingParams
 from fornalha.serve.async_engine import AsyncEngine, QueueFull, RequestTimeout
@@ -44,6 +51,7 @@ from fornalha.serve.auth import KeyChecker, RateLimiter
 from fornalha.serve.errors import APIError, error_body, install_error_handlers
 from fornalha.serve.metrics import Metrics
 from fornalha.serve.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, _Sampling
+from fornalha.serve.structured import ChoiceReader, grammar_for, template_messages
 from fornalha.serve.swap import ModelSlot, Served
 
 MAX_BODY_BYTES = 1 << 20
@@ -113,6 +121,8 @@ def create_app(
     max_body_bytes: int = MAX_BODY_BYTES,
     store: Any = None,
     model_version: str | None = None,
+    retriever: Retriever | None = None,
+    docs_top_k: int = 3,
 ) -> FastAPI:
     """The server for `engine` (which it runs in its own thread from startup to shutdown).
 
@@ -121,6 +131,8 @@ def create_app(
     a KV-cache slot before new requests get 429. request_timeout: seconds per request.
     store: where finished completions are recorded (see the module docstring), or None.
     model_version: the registry version served (`system_fingerprint` of every response), or None.
+    retriever: passages of the user's documents quoted in every chat turn (docs_top_k at most), with
+    their ``sources`` returned beside the answer; None: no retrieval.
     """
     metrics = Metrics()
 
@@ -167,6 +179,8 @@ def create_app(
     app.state.metrics = metrics
     app.state.model_name = model_name
     app.state.tokenizer = tokenizer
+    app.state.retriever = retriever  # fornalha.assistant.Retriever over the --docs folder, or None
+    app.state.docs_top_k = docs_top_k
     install_error_handlers(app)
     app.add_middleware(_Guard, max_body=max_body_bytes, metrics=metrics)
 
@@ -231,6 +245,16 @@ def create_app(
             frequency_penalty=req.frequency_penalty,
             logprobs=logprobs,
         )
+
+    async def prepare_turn(srv: Served, msgs: list[dict[str, str]], max_tokens: int | None) -> PreparedChat:
+        """fornalha.assistant.prepare_chat for this request: the oldest turns dropped to fit, passages
+        retrieved (on the engine's thread when retrieval runs the model)."""
+        retriever = app.state.retriever
+        work = functools.partial(prepare_chat, msgs, tokenizer, context=ctx, retriever=retriever,
+                                 reserve=max_tokens or default_reserve(ctx), top_k=app.state.docs_top_k)  # fmt: skip
+        if retriever is not None and retriever.uses_embeddings:
+            return await srv.runner.call(lambda eng: work())
+        return await asyncio.to_thread(work)
 
     def deadline() -> float | None:
         return None if request_timeout is None else time.monotonic() + request_timeout
@@ -429,7 +453,14 @@ def create_app(
         check_model(req.model)
         if req.max_tokens is not None and req.max_completion_tokens is not None:
             raise APIError(400, "give max_tokens or max_completion_tokens, not both", param="max_tokens")
-        ids = tokenizer.encode_chat([{"role": m.role, "content": m.content} for m in req.messages])
+        grammar = grammar_for(req)  # response_format / tools -> a grammar (fornalha.serve.structured)
+        # -- assistant: the conversation fitted into the context window, with the --docs passages --
+        turn = await prepare_turn(srv, template_messages(req), req.max_completion_tokens or req.max_tokens)
+        ids = turn.ids
+        extra = {"conversation": turn.info()}  # extension fields of the completion and its last chunk
+        if app.state.retriever is not None:
+            extra["sources"] = [h.to_dict() for h in turn.sources]
+        # -- end assistant --
         check_context(ids, "messages")
         top = req.top_logprobs if req.logprobs else None
         if req.top_logprobs is not None and not req.logprobs:
@@ -437,19 +468,21 @@ def create_app(
                 400, "top_logprobs needs logprobs: true", param="top_logprobs", code="invalid_value"
             )
         params = sampling(req, req.max_completion_tokens or req.max_tokens, len(ids),
-                          (top or 0) if req.logprobs else None)  # fmt: skip
+                          (top or 0) if req.logprobs else None).with_(grammar=grammar)  # fmt: skip
+        readers = [ChoiceReader(req) for _ in range(req.n)]  # text -> content or tool_calls
         rid, now = _now_id("chatcmpl"), int(time.time())
         jobs = [(ids, params.with_(seed=None if req.seed is None else req.seed + j)) for j in range(req.n)]
         base = {"id": rid, "object": "chat.completion.chunk", "created": now, "model": model_name,
                 **srv.fingerprint}  # fmt: skip
 
         def chunk(i: int, ev: Event, c: _Choice) -> dict | None:
-            if not ev.text and not ev.finished and ev.logprob is None:
+            delta = readers[i].delta(ev.text, ev.finished)
+            if not delta and not ev.finished and ev.logprob is None:
                 return None
-            delta = {"content": ev.text} if ev.text else {}
             lp = {"content": [chat_logprob(ev)]} if ev.logprob is not None else None
-            choice = {"index": i, "delta": delta, "logprobs": lp, "finish_reason": ev.finish_reason}
-            return {**base, "choices": [choice]}
+            reason = readers[i].finish_reason(ev.finish_reason)
+            choice = {"index": i, "delta": delta, "logprobs": lp, "finish_reason": reason}
+            return {**base, "choices": [choice], **(extra if ev.finish_reason else {})}
 
         firsts = [{**base, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""},
                                         "logprobs": None, "finish_reason": None}]}
@@ -459,8 +492,8 @@ def create_app(
             out = []
             for i, c in enumerate(choices):
                 lp = {"content": [chat_logprob(e) for e in c.logprobs]} if req.logprobs else None
-                out.append({"index": i, "message": {"role": "assistant", "content": "".join(c.text)},
-                            "logprobs": lp, "finish_reason": c.finish_reason})  # fmt: skip
+                message, reason = readers[i].message("".join(c.text), c.finish_reason)
+                out.append({"index": i, "message": message, "logprobs": lp, "finish_reason": reason})
             return {
                 "id": rid,
                 "object": "chat.completion",
@@ -468,11 +501,12 @@ def create_app(
                 "model": model_name,
                 "choices": out,
                 **srv.fingerprint,
+                **extra,
             }
 
         include = bool(req.stream_options and req.stream_options.include_usage)
         return await run(srv, "chat.completions", rid, req, jobs, len(ids), chunk, firsts, final,
-                         lambda u: {**base, "choices": [], "usage": u}, req.stream, include)  # fmt: skip
+                         lambda u: {**base, "choices": [], "usage": u, **extra}, req.stream, include)  # fmt: skip
 
     @v1.post("/completions")
     async def completions(req: CompletionRequest) -> Any:

@@ -125,7 +125,7 @@ async def post_explain(request: Request):
         )
     text = body["text"]
     try:
-        return await request.app.state.engine.call(
+        return await request.app.state.slot.current.runner.call(  # the version served now (hot swap)
             lambda eng: explain_text(eng.model, eng.tokenizer, text, max_tokens=EXPLAIN_MAX_TOKENS)
         )
     except FornalhaError as exc:  # empty, or longer than the context

@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from fornalha.errors import ConfigError
 from fornalha.model.config import ModelConfig, help_of
 
-PRESETS = ("tiny", "small", "gpt2-124m")
+PRESETS = ("tiny", "small", "gpt2-124m", "assistant")
 
 # --------------------------------------------------------------------------------------------
 # Sections

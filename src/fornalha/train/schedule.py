@@ -123,8 +123,13 @@ class RunClock:
         """Every eval_interval steps, or (time budget) at the next evenly spaced moment. Call once per step."""
         if self.budget_s is None:
             return self.state.step % self.t.eval_interval == 0
-        if self.agree(self.elapsed() >= self.state.next_eval_s):
-            self.state.next_eval_s += self.budget_s / self.t.evals_per_budget
+        now = self.elapsed()
+        if self.agree(now >= self.state.next_eval_s):
+            # the next slot after now: slots missed while a slow step (or the evaluation itself) ran
+            # are skipped, not caught up one evaluation per step
+            interval = self.budget_s / self.t.evals_per_budget
+            behind = max(0.0, now - self.state.next_eval_s)
+            self.state.next_eval_s += interval * (1 + int(behind // interval))
             return True
         return False
 

@@ -43,6 +43,8 @@ class Task:
     extra_files: dict[str, Any] = field(default_factory=dict)  # JSON files written into the run folder
     # changes the model once its start weights are in, before resume and the optimizers (e.g. LoRA adapters)
     prepare_model: Callable[[torch.nn.Module], None] | None = None
+    # the command that continues this run, printed at Ctrl-C ({out}: the run folder)
+    resume_command: str = "fornalha train --out {out} --resume"
 
     def __post_init__(self) -> None:
         if self.best_mode not in ("min", "max"):

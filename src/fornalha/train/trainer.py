@@ -160,7 +160,8 @@ def train(
     if state.status == "interrupted":
         run.say(
             f"[bold yellow]interrupted[/] ({stop.requested}) at step {state.step}: checkpoint saved in "
-            f"{run.dir / 'checkpoints' / f'step-{state.step:06d}'}; resume with: fornalha train --out {run.dir} --resume"
+            f"{run.dir / 'checkpoints' / f'step-{state.step:06d}'}; resume with: "
+            f"{run.task.resume_command.format(out=run.dir)}"
         )
         raise KeyboardInterrupt
     return summary

@@ -32,6 +32,7 @@ function addMessage(role, text) {
 }
 
 function showSources(div, sources) {
+  // `sources` (fornalha serve --docs): the passages quoted in the prompt, [{id, title, path, text, score}]
   if (!Array.isArray(sources) || !sources.length || div.querySelector(".sources")) return;
   const box = document.createElement("div");
   box.className = "sources";
@@ -39,11 +40,30 @@ function showSources(div, sources) {
   const list = document.createElement("ol");
   for (const s of sources) {
     const li = document.createElement("li");
-    li.textContent = typeof s === "string" ? s : (s.title || s.id || s.url || JSON.stringify(s));
+    if (typeof s === "string") { li.textContent = s; list.appendChild(li); continue; }
+    const item = document.createElement("details");
+    const head = document.createElement("summary");
+    head.textContent = (s.title || s.path || s.id || s.url) + (s.path && s.title !== s.path ? " — " + s.path : "")
+      + (typeof s.score === "number" ? " (score " + s.score.toPrecision(3) + ")" : "");
+    const text = document.createElement("blockquote");
+    text.textContent = s.text || "";
+    item.append(head, text);
+    li.appendChild(item);
     list.appendChild(li);
   }
   box.appendChild(list);
   div.appendChild(box);
+}
+
+function showConversation(div, info) {
+  // `conversation`: the server dropped the oldest messages to fit the context window; say so and grey them out
+  if (!info || !info.dropped_messages || div.querySelector(".context-note")) return;
+  const note = document.createElement("div");
+  note.className = "context-note";
+  note.textContent = info.note || (info.dropped_messages + " oldest messages left out to fit the context window");
+  div.insertBefore(note, div.firstChild);
+  const shown = Array.from($("log").querySelectorAll(".msg")).filter((m) => m !== div);
+  shown.slice(0, info.dropped_messages).forEach((m) => m.classList.add("forgotten"));
 }
 
 function addTools(div, completionId) {
@@ -130,6 +150,7 @@ async function send(text) {
           const choice = chunk.choices && chunk.choices[0];
           if (choice && choice.delta && choice.delta.content) out.textContent += choice.delta.content;
           if (chunk.sources) showSources(div, chunk.sources);
+          if (chunk.conversation) showConversation(div, chunk.conversation);
         }
       }
     }
