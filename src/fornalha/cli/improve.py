@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from fornalha.cli.options import LoraOpt, SetOpt, TimeBudgetOpt
+
 REFUSED_EXIT = 3  # as `fornalha registry promote`
 
 
@@ -31,14 +33,9 @@ def improve_command(
         ),
     ] = None,
     method: Annotated[str, typer.Option("--method", help="dpo, sft or both (sft, then dpo).")] = "dpo",
-    sets: Annotated[
-        list[str] | None,
-        typer.Option("--set", help="Fine-tuning config override, e.g. --set train.max_steps=100."),
-    ] = None,
-    time_budget: Annotated[
-        float | None, typer.Option("--time-budget", help="Wall-clock minutes for fine-tuning.")
-    ] = None,
-    lora: Annotated[int | None, typer.Option("--lora", help="Train LoRA adapters of this rank.")] = None,
+    sets: SetOpt = None,
+    time_budget: TimeBudgetOpt = None,
+    lora: LoraOpt = None,
     since: Annotated[
         str, typer.Option("--since", help="champion: feedback since the champion was created; all.")
     ] = "champion",
