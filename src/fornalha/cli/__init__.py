@@ -47,6 +47,7 @@ def _register_all() -> None:
         explain,
         feedback,
         finetune,
+        improve,
         infer,
         interop,
         pipeline,
@@ -71,6 +72,7 @@ def _register_all() -> None:
         feedback,
         registry,
         explain,
+        improve,
     )
     for module in modules:
         module.register(app)

@@ -79,8 +79,11 @@ def _text(content: Any) -> str | None:
     return None
 
 
-def read_rated_answers(db_url: str) -> tuple[list[RatedAnswer], Counter[str], Counter[str]]:
-    """(rated answers, skipped reasons, PII replacements) from the store at `db_url` (read-only)."""
+def read_rated_answers(
+    db_url: str, since: float | None = None
+) -> tuple[list[RatedAnswer], Counter[str], Counter[str]]:
+    """(rated answers, skipped reasons, PII replacements) from the store at `db_url` (read-only);
+    `since` (a Unix time): only completions made from then on (`fornalha improve`)."""
     from fornalha.serve.store import completions, feedback, make_engine
 
     try:
@@ -92,13 +95,16 @@ def read_rated_answers(db_url: str) -> tuple[list[RatedAnswer], Counter[str], Co
         raise DataError(f"--db {db_url}: no such database file")
     engine = make_engine(db_url)
     try:
+        query = (
+            sa.select(feedback, completions.c.model, completions.c.endpoint, completions.c.request,
+                      completions.c.output, completions.c.prompts_logged)
+            .join(completions, feedback.c.completion_id == completions.c.id)
+            .order_by(feedback.c.id)
+        )  # fmt: skip
+        if since is not None:
+            query = query.where(completions.c.created >= since)
         with engine.connect() as conn:
-            rows = conn.execute(
-                sa.select(feedback, completions.c.model, completions.c.endpoint, completions.c.request,
-                          completions.c.output, completions.c.prompts_logged)
-                .join(completions, feedback.c.completion_id == completions.c.id)
-                .order_by(feedback.c.id)
-            ).all()  # fmt: skip
+            rows = conn.execute(query).all()
     except sa.exc.SQLAlchemyError as exc:
         raise DataError(
             f"--db {db_url}: cannot read the serving store's completions and feedback ({exc})"
@@ -228,11 +234,13 @@ def build_examples(answers: Iterable[RatedAnswer]) -> list[tuple[str, dict[str, 
     return out
 
 
-def export_examples(db_url: str, held_out: float = 0.1, seed: int = 0) -> ExportResult:
-    """Everything `export_feedback` writes, in memory."""
+def export_examples(
+    db_url: str, held_out: float = 0.1, seed: int = 0, since: float | None = None
+) -> ExportResult:
+    """Everything `export_feedback` writes, in memory (`since`: see `read_rated_answers`)."""
     if not 0.0 <= held_out < 1.0:
         raise DataError(f"--held-out must be in [0, 1), got {held_out}")
-    answers, skipped, pii = read_rated_answers(db_url)
+    answers, skipped, pii = read_rated_answers(db_url, since)
     examples: dict[str, dict[str, list]] = {s: {k: [] for k in KINDS} for s in SPLITS}
     per_model: dict[str, Counter[str]] = defaultdict(Counter)
     for kind, record in build_examples(answers):
