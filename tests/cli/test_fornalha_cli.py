@@ -33,6 +33,7 @@ COMMANDS = [
     ["finetune", "dpo"],
     ["feedback", "export"],
     ["registry", "promote"],
+    ["improve"],
 ]
 
 
