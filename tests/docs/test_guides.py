@@ -163,7 +163,9 @@ def test_block_extraction_and_rewrites():
     assert tiny("fornalha eval --run r --limit 1000") == "fornalha eval --run r --limit 20 --max-tokens 4096"
 
 
-@pytest.fixture(scope="module")
+# Session scope: under xdist the group's tests run on one worker, but other modules' tests may run
+# between them there, which would end a module-scoped fixture (and lose what earlier guides made).
+@pytest.fixture(scope="session")
 def scratch(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The folder every guide runs in (`repo`, with `../shared` beside it) and which guides passed."""
     if not SHARED.is_dir():

@@ -141,7 +141,7 @@ def test_kernel_switch_off(monkeypatch):
     from fornalha.infer import kernels
 
     monkeypatch.setenv("FORNALHA_NO_KERNELS", "1")
-    assert kernels.decode_attention_kernel.__wrapped__() is None
+    assert kernels.decode_attention_kernel() is None
     assert "FORNALHA_NO_KERNELS" in kernels.unavailable_reason
     monkeypatch.setattr(kernels, "unavailable_reason", None)
 
@@ -159,7 +159,7 @@ def test_build_failure_and_stale_lock(monkeypatch, tmp_path, capsys):
     from fornalha.infer import kernels
 
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
-    build = kernels.decode_attention_kernel.__wrapped__
+    build = kernels._built_kernel.__wrapped__
 
     def failing_load(**kw):
         raise RuntimeError("Error building extension\nc++: command not found")
@@ -207,9 +207,9 @@ def test_a_slow_kernel_load_says_it_is_compiling(monkeypatch, capsys):
 
     monkeypatch.setattr(cpp_extension, "load", lambda **kw: (time.sleep(1.0), Built)[1])
     monkeypatch.delenv("FORNALHA_NO_KERNELS", raising=False)
-    kernels.decode_attention_kernel.cache_clear()
+    kernels._built_kernel.cache_clear()
     try:
         assert kernels.decode_attention_kernel() is Built.decode_attention
     finally:
-        kernels.decode_attention_kernel.cache_clear()
+        kernels._built_kernel.cache_clear()
     assert "compiling the float16 decode-attention kernel" in capsys.readouterr().err

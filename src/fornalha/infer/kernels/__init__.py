@@ -109,14 +109,21 @@ class _BuildLock:
             self.fd = None
 
 
-@functools.cache
 def decode_attention_kernel() -> Callable[..., torch.Tensor] | None:
     """The compiled `decode_attention(q, k, v, lengths, scale)` op, or None where it cannot be
-    built (then `unavailable_reason` says why). Built at most once per process."""
+    built or FORNALHA_NO_KERNELS is set (then `unavailable_reason` says why). Built at most once per
+    process; the switch is read at every call, so turning it on for a while never sticks."""
     global unavailable_reason
     if os.environ.get("FORNALHA_NO_KERNELS", "") not in ("", "0"):
         unavailable_reason = "FORNALHA_NO_KERNELS is set"
         return None
+    return _built_kernel()
+
+
+@functools.cache
+def _built_kernel() -> Callable[..., torch.Tensor] | None:
+    """The build itself (see `decode_attention_kernel`), once per process."""
+    global unavailable_reason
     if sys.platform == "win32":
         unavailable_reason = "the kernel is built with GCC/Clang flags; not on Windows"
         return None
