@@ -218,3 +218,14 @@ def test_guide_runs_in_order(guide: str, scratch: dict):
         assert ran >= 6
         assert (repo / "outputs.jsonl").read_text().count("\n") == 2  # one JSON line out per prompt
         assert (repo / "chat.json").is_file()
+
+
+def test_every_guide_with_runnable_commands_is_run():
+    """A ```bash block promises the command runs as written: its guide must be in GUIDES (examples
+    that need a server, a GPU or a download go in ```console blocks instead)."""
+    with_bash = {
+        str(p.relative_to(ROOT))
+        for p in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+        if bash_blocks(p.read_text(encoding="utf-8"))
+    }
+    assert with_bash <= set(GUIDES), f"not run by this test: {sorted(with_bash - set(GUIDES))}"
