@@ -4,9 +4,8 @@ A newcomer follows the README, then the guides; so does this test. Every ```bash
 in GUIDES is run, in the order written and in the order of GUIDES, in one scratch folder that plays
 the repository root (with `../shared` next to it, as in a checkout), so each command's inputs must
 come from an earlier command (of that guide or of a guide before it) or be shipped in
-../shared/data. There is one test per guide (so a failure names its guide); they share the scratch
-folder and run in GUIDES order, and a guide whose predecessor failed is reported as failed too. A
-guide that drifts from the code (a renamed flag, an input no step makes) fails here.
+../shared/data. One test runs them all, in GUIDES order and in one process (a failure names its guide
+and command). A guide that drifts from the code (a renamed flag, an input no step makes) fails here.
 
 Conventions for the guides:
 * ```bash  — runs here, in order, on tiny settings; one command a line (`\\` continues a line, a
@@ -163,19 +162,6 @@ def test_block_extraction_and_rewrites():
     assert tiny("fornalha eval --run r --limit 1000") == "fornalha eval --run r --limit 20 --max-tokens 4096"
 
 
-# Session scope: under xdist the group's tests run on one worker, but other modules' tests may run
-# between them there, which would end a module-scoped fixture (and lose what earlier guides made).
-@pytest.fixture(scope="session")
-def scratch(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """The folder every guide runs in (`repo`, with `../shared` beside it) and which guides passed."""
-    if not SHARED.is_dir():
-        pytest.fail(f"{SHARED} is missing: the guides read ../shared/data")
-    base = tmp_path_factory.mktemp("guides")
-    (base / "repo").mkdir()
-    (base / "shared").symlink_to(SHARED)
-    return {"repo": base / "repo", "passed": []}
-
-
 def run_guide(guide: str, repo: Path) -> int:
     """Run every ```bash command of `guide` in `repo`; the number run. Fails on the first that fails."""
     env = {
@@ -200,24 +186,24 @@ def run_guide(guide: str, repo: Path) -> int:
     return ran
 
 
-@pytest.mark.timeout(900)
-@pytest.mark.xdist_group("guides")  # one worker, in GUIDES order: each guide uses what earlier ones made
-@pytest.mark.parametrize("guide", GUIDES)
-def test_guide_runs_in_order(guide: str, scratch: dict):
-    before = GUIDES[: GUIDES.index(guide)]
-    missing = [g for g in before if g not in scratch["passed"]]
-    if missing:
-        pytest.fail(f"{guide} runs after {missing[0]}, which did not pass (its inputs may be missing)")
-    repo = scratch["repo"]
-    ran = run_guide(guide, repo)
-    scratch["passed"].append(guide)
-    assert ran >= 1, f"{guide} has no ```bash command: a guide that runs nothing holds nothing"
-    if guide == "README.md":
-        assert ran >= 2 and (repo / "runs/demo/report.html").is_file()
-    if guide == "docs/inference.md":
-        assert ran >= 6
-        assert (repo / "outputs.jsonl").read_text().count("\n") == 2  # one JSON line out per prompt
-        assert (repo / "chat.json").is_file()
+# One test that runs the guides in order: each guide uses what earlier ones made, so they must run in one
+# process, one after another (split into one test per guide, xdist spread them over its workers).
+@pytest.mark.timeout(1800)
+def test_guides_run_in_order(tmp_path: Path):
+    if not SHARED.is_dir():
+        pytest.fail(f"{SHARED} is missing: the guides read ../shared/data")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (tmp_path / "shared").symlink_to(SHARED)
+    for guide in GUIDES:
+        ran = run_guide(guide, repo)
+        assert ran >= 1, f"{guide} has no ```bash command: a guide that runs nothing holds nothing"
+        if guide == "README.md":
+            assert ran >= 2 and (repo / "runs/demo/report.html").is_file()
+        if guide == "docs/inference.md":
+            assert ran >= 6
+            assert (repo / "outputs.jsonl").read_text().count("\n") == 2  # one JSON line out per prompt
+            assert (repo / "chat.json").is_file()
 
 
 def test_every_guide_with_runnable_commands_is_run():
