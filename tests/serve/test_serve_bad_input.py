@@ -48,6 +48,12 @@ def test_chat_400s(server):
     r = post(server, "/v1/chat/completions", b'{"model": "tiny", "messages": [{"role": "user", "content": "'
              + b"a" * 400 + b'"}]}')  # fmt: skip
     assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"
+    r = post(server, "/v1/chat/completions", b'{"model": "tiny", "messages": [{"role": "user", "content": "a"}],'
+             b' "ignore_eos": true, "response_format": {"type": "json_object"}}')  # fmt: skip
+    assert r.status_code == 400 and r.json()["error"]["param"] == "ignore_eos"
+    r = post(server, "/v1/chat/completions", b'{"model": "tiny", "messages": [{"role": "user", "content": "a"}],'
+             b' "ignore_eos": [1]}')  # fmt: skip
+    assert r.status_code == 400 and r.json()["error"]["param"] == "ignore_eos"
 
 
 def test_oversized_body_and_auth(server):

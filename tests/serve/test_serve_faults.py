@@ -103,3 +103,39 @@ def test_rate_limit_queue_full_and_sigterm_drain(run_dir):
         assert srv.proc.wait(30) == 0
     finally:
         srv.stop()
+
+
+def test_non_streamed_request_cancelled_when_client_leaves(tmp_path):
+    """A client that hangs up on a non-streamed request frees its slots at once: the request's
+    sequences are aborted (not run to max_tokens), counted, and the server keeps serving."""
+    from serve_helpers import make_run
+
+    srv = Server(make_run(tmp_path, block_size=2048), "--max-batch", "4")
+    try:
+
+        def counter(name: str) -> float:
+            m = re.search(rf"^{name} (\S+)$", httpx.get(srv.url + "/metrics").text, re.M)
+            return float(m.group(1)) if m else 0.0
+
+        body = {"model": "tiny", "prompt": "the quick", "max_tokens": 2000, "n": 4, "temperature": 1.0,
+                "seed": 1, "ignore_eos": True}  # fmt: skip
+        before = counter("fornalha_completion_tokens_total")
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(srv.url + "/v1/completions", json=body, headers=H, timeout=httpx.Timeout(5, read=0.5))
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and gauge(srv, "fornalha_running_batch_size"):
+            time.sleep(0.05)
+        assert gauge(srv, "fornalha_running_batch_size") == 0
+        cancelled = 'fornalha_requests_cancelled_total{reason="disconnect"}'
+        assert counter(re.escape(cancelled)) == 1
+        assert counter(re.escape('fornalha_requests_total{endpoint="/v1/completions",status="499"}')) == 1
+        # the same request run to its end, for scale: it is far longer than the half second above
+        t0 = time.monotonic()
+        done = httpx.post(srv.url + "/v1/completions", json=body, headers=H, timeout=120).json()
+        full = time.monotonic() - t0
+        assert full > 1.0, f"the full request took {full:.2f} s: too short to show a cancellation"
+        assert done["usage"]["completion_tokens"] == 4 * 2000  # ignore_eos: every sample to max_tokens
+        assert {c["finish_reason"] for c in done["choices"]} == {"length"}
+        assert counter("fornalha_completion_tokens_total") - before == done["usage"]["completion_tokens"]
+    finally:
+        srv.stop()

@@ -104,6 +104,13 @@ class _TooBig(Exception):
     pass
 
 
+async def client_gone(request: Request) -> None:
+    """Returns when the client closes its connection. Once the body has been read, the server's next
+    ASGI message for this request is `http.disconnect` (uvicorn sends it when the socket closes)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        await asyncio.sleep(0.01)  # a server that answers at once rather than waiting must not spin
+
+
 def _now_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex}"
 
@@ -244,6 +251,7 @@ def create_app(
             presence_penalty=req.presence_penalty,
             frequency_penalty=req.frequency_penalty,
             logprobs=logprobs,
+            ignore_eos=req.ignore_eos,
         )
 
     async def prepare_turn(srv: Served, msgs: list[dict[str, str]], max_tokens: int | None) -> PreparedChat:
@@ -338,7 +346,7 @@ def create_app(
         metrics.latency.observe(time.perf_counter() - start)
 
     async def run(
-        srv: Served, kind: str, rid: str, req: Any, jobs: list[tuple[list[int], SamplingParams]], prompt_tokens: int,
+        request: Request, srv: Served, kind: str, rid: str, req: Any, jobs: list[tuple[list[int], SamplingParams]], prompt_tokens: int,
         make_chunk: Callable[[int, Event, _Choice], dict | None], first_chunks: list[dict],
         final: Callable[[list[_Choice]], dict], usage_chunk: Callable[[dict], dict], stream: bool,
         include_usage: bool,
@@ -377,12 +385,30 @@ def create_app(
             }
 
         if not stream:
-            try:
+
+            async def collect() -> None:
                 async for i, ev in merged(runner, jobs):
                     book(i, ev)
+
+            work = asyncio.create_task(collect())
+            gone = asyncio.create_task(client_gone(request))
+            try:
+                await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+                if not work.done():  # the client left: cancel its sequences, their slots free within a step
+                    work.cancel()
+                    await asyncio.gather(work, return_exceptions=True)
+                    metrics.cancelled.labels("disconnect").inc()
+                    for c in choices:
+                        c.finish_reason = c.finish_reason or "abort"
+                    record(
+                        kind, rid, req, choices, prompt_tokens, start, state["ttft"], req.user, srv.version
+                    )
+                    return Response(status_code=499)  # nobody reads it; nginx's "client closed request"
+                work.result()
             except RequestTimeout as exc:
                 raise APIError(408, str(exc), code="timeout") from None
             finally:
+                gone.cancel()
                 runner.release(len(jobs))
             observe(choices, prompt_tokens, start)
             record(kind, rid, req, choices, prompt_tokens, start, state["ttft"], req.user, srv.version)
@@ -417,6 +443,7 @@ def create_app(
                 yield f"data: {json.dumps(error_body(408, str(exc), None, 'timeout'))}\n\n"
             finally:
                 if not state.get("recorded"):  # stopped by the client: kept, so it can still be rated
+                    metrics.cancelled.labels("disconnect").inc()
                     for c in choices:
                         c.finish_reason = c.finish_reason or "abort"
                     record(
@@ -448,12 +475,15 @@ def create_app(
         return model_card()
 
     @v1.post("/chat/completions")
-    async def chat_completions(req: ChatCompletionRequest) -> Any:
+    async def chat_completions(req: ChatCompletionRequest, request: Request) -> Any:
         srv = slot.current  # this request's model version, to its last token
         check_model(req.model)
         if req.max_tokens is not None and req.max_completion_tokens is not None:
             raise APIError(400, "give max_tokens or max_completion_tokens, not both", param="max_tokens")
         grammar = grammar_for(req)  # response_format / tools -> a grammar (fornalha.serve.structured)
+        if grammar is not None and req.ignore_eos:
+            raise APIError(400, "ignore_eos cannot be combined with response_format or tools: the grammar ends "
+                           "the answer with the end token", param="ignore_eos", code="invalid_value")  # fmt: skip
         # -- assistant: the conversation fitted into the context window, with the --docs passages --
         turn = await prepare_turn(srv, template_messages(req), req.max_completion_tokens or req.max_tokens)
         ids = turn.ids
@@ -505,11 +535,11 @@ def create_app(
             }
 
         include = bool(req.stream_options and req.stream_options.include_usage)
-        return await run(srv, "chat.completions", rid, req, jobs, len(ids), chunk, firsts, final,
+        return await run(request, srv, "chat.completions", rid, req, jobs, len(ids), chunk, firsts, final,
                          lambda u: {**base, "choices": [], "usage": u, **extra}, req.stream, include)  # fmt: skip
 
     @v1.post("/completions")
-    async def completions(req: CompletionRequest) -> Any:
+    async def completions(req: CompletionRequest, request: Request) -> Any:
         srv = slot.current  # this request's model version, to its last token
         check_model(req.model)
         bos = getattr(tokenizer, "bos_id", None)
@@ -567,7 +597,7 @@ def create_app(
 
         include = bool(req.stream_options and req.stream_options.include_usage)
         prompt_tokens = sum(len(ids) for ids in id_lists)
-        return await run(srv, "completions", rid, req, jobs, prompt_tokens, chunk, [], final,
+        return await run(request, srv, "completions", rid, req, jobs, prompt_tokens, chunk, [], final,
                          lambda u: {**base, "choices": [], "usage": u}, req.stream, include)  # fmt: skip
 
     @v1.post("/embeddings")

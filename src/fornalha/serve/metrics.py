@@ -19,6 +19,8 @@ class Metrics:
                                 ["endpoint", "status"], registry=r)  # fmt: skip
         self.prompt_tokens = Counter("fornalha_prompt_tokens", "prompt tokens processed", registry=r)
         self.completion_tokens = Counter("fornalha_completion_tokens", "tokens generated", registry=r)
+        self.cancelled = Counter("fornalha_requests_cancelled", "requests cancelled before their end, by reason",
+                                 ["reason"], registry=r)  # fmt: skip
         self.queue_depth = Gauge("fornalha_queue_depth", "requests waiting for a slot", registry=r)
         self.running = Gauge("fornalha_running_batch_size", "sequences in the running batch", registry=r)
         self.prefix_hit_tokens = Counter("fornalha_prefix_cache_hit_tokens",

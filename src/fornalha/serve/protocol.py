@@ -105,6 +105,9 @@ class _Sampling(_Strict):
     user: str | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
+    # extension, as in vLLM and llama.cpp's server (`extra_body={"ignore_eos": True}` in the openai client):
+    # keep generating past the end-of-text token, to max_tokens (fixed-length load tests, benchmarks)
+    ignore_eos: bool = False
 
     def stop_list(self) -> list[str]:
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
