@@ -13,9 +13,12 @@ streams) and the server's peak RSS. llama.cpp: `bash benchmarks/llamacpp_server.
 must start `llama-server` on 127.0.0.1:PORT; if the script is missing or fails, its figures are
 null and the reason is in the JSON. The last stdout line is JSON.
 
-Without --run the model is the random-init 10M shape of `benchmarks/inference.py` (throughput does
-not depend on what the weights say; `--max-tokens` keeps every request the same length unless the
-model emits its end token).
+Without --run the benchmark first trains the 10M shape of `benchmarks/inference.py` (6 x 384, BPE
+2,048, context 256) briefly on TinyShakespeare with `fornalha pipeline` (`--train-minutes`, default 3),
+so the text is real and the same run exports to GGUF for llama.cpp; `--random` serves random weights
+instead (quicker; `--quick` is a 2-layer random toy). Every request asks for `ignore_eos` (an extension
+both servers accept), so each answer is exactly `--max-tokens` long and the levels compare the same
+work (`--natural-length` lets answers stop at the end token).
 """
 
 from __future__ import annotations
@@ -64,6 +67,21 @@ def make_run(tmp: Path, quick: bool) -> Path:
     return run
 
 
+def train_run(tmp: Path, minutes: float) -> Path:
+    """The 10M shape trained briefly on TinyShakespeare (BPE, exportable to GGUF); returns the run folder."""
+    out = tmp / "pipeline"
+    shape = {"model.n_layer": 6, "model.n_head": 6, "model.n_embd": 384, "model.block_size": 256}
+    sets = [a for k, v in shape.items() for a in ("--set", f"{k}={v}")]
+    cmd = [sys.executable, "-m", "fornalha.cli", "pipeline", "--preset", "tiny", "--source",
+           str(ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"), "--split", "tail", "--minutes",
+           str(minutes), "--out", str(out), *sets]  # fmt: skip
+    print(f"training the 10M model for {minutes} min: {' '.join(cmd[2:])}", flush=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"fornalha pipeline failed:\n{proc.stderr[-3000:]}")
+    return out
+
+
 def rss_kib(pid: int) -> int:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -94,7 +112,7 @@ async def client_loop(c: httpx.AsyncClient, url: str, model: str, i: int, args, 
         body = {"model": model, "messages": [{"role": "system", "content": "You are a helpful assistant."},
                                              {"role": "user", "content": f"Tell me a story number {i}-{r}."}],
                 "max_tokens": args.max_tokens, "temperature": 0.8, "seed": i * 1000 + r, "stream": True,
-                "stream_options": {"include_usage": True}}  # fmt: skip
+                "stream_options": {"include_usage": True}, "ignore_eos": not args.natural_length}  # fmt: skip
         start = time.perf_counter()
         last = None
         tokens = 0
@@ -182,8 +200,11 @@ def run_levels(name: str, url: str, model: str, levels: list[int], args, pid: in
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--run", type=Path, help="serve this run folder (default: a random-init 10M model)")
-    ap.add_argument("--quick", action="store_true", help="tiny model, 1 and 4 clients, short answers")
+    ap.add_argument("--run", type=Path, help="serve this run folder (default: train the 10M shape briefly)")
+    ap.add_argument("--train-minutes", type=float, default=3.0, help="budget of that brief training")
+    ap.add_argument("--random", action="store_true", help="serve a random-init 10M model (no training)")
+    ap.add_argument("--quick", action="store_true", help="random 2-layer toy, 1 and 4 clients, short answers")
+    ap.add_argument("--natural-length", action="store_true", help="answers may stop at the end token")
     ap.add_argument("--clients", type=int, nargs="+", default=None)
     ap.add_argument("--requests", type=int, default=None, help="requests per client (default 2; quick 1)")
     ap.add_argument("--max-tokens", type=int, default=None, help="tokens per answer (default 64; quick 8)")
@@ -197,11 +218,17 @@ def main() -> None:
     args.max_tokens = args.max_tokens or (8 if args.quick else 64)
 
     tmp = Path(tempfile.mkdtemp(prefix="serve-load-"))
-    run = args.run or make_run(tmp, args.quick)
+    if args.run:
+        run, model = args.run, str(args.run)
+    elif args.quick or args.random:
+        run = make_run(tmp, args.quick)
+        model = "random-init 2-layer toy" if args.quick else "random-init 10M (6x384), not trained"
+    else:
+        run = train_run(tmp, args.train_minutes)
+        model = f"10M (6x384, BPE 2048) trained {args.train_minutes} min on TinyShakespeare"
     result: dict = {"levels": levels, "max_tokens": args.max_tokens, "requests_per_client": args.requests,
-                    "model": str(run) if args.run else ("random-init 2-layer toy" if args.quick else
-                                                        "random-init 10M (6x384), not trained"),
-                    "device": args.device, "max_batch": args.max_batch}  # fmt: skip
+                    "model": model, "device": args.device, "max_batch": args.max_batch,
+                    "answers": "natural length" if args.natural_length else "fixed length (ignore_eos)"}  # fmt: skip
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
