@@ -3,15 +3,9 @@
 from __future__ import annotations
 
 import gzip
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import httpx
+import live_server
 
 KEY = "sk-assistant-test"
 
@@ -76,41 +70,8 @@ def make_run(root: Path, block_size: int = 2048) -> Path:
     return run
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """`fornalha serve` in a subprocess on a free loopback port; waits for /ready."""
+class Server(live_server.Server):
+    """`fornalha serve` of a run with the assistant tests' key (tests/live_server.py)."""
 
     def __init__(self, run: Path, *args: str, timeout: float = 90) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "FORNALHA_API_KEYS": KEY, "OMP_NUM_THREADS": "1", "FORNALHA_NO_KERNELS": "1"}
-        cmd = [sys.executable, "-m", "fornalha.cli", "serve", "--run", str(run), "--port", str(self.port),
-               "--model-name", "tiny", "--device", "cpu", *args]  # fmt: skip
-        self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited: {self.proc.stderr.read()}")
-            try:
-                if httpx.get(self.url + "/ready", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise RuntimeError("server did not become ready")
-
-    def stop(self, timeout: float = 30) -> tuple[int, str]:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            code = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            code = self.proc.wait()
-        return code, self.proc.stderr.read() if self.proc.stderr else ""
+        super().__init__(run, *args, key=KEY, timeout=timeout)

@@ -171,5 +171,5 @@ def test_hybrid_retrieval_runs_on_the_engine_thread(run_dir, docs_dir):
         ]  # first for BM25: near the top when fused
         assert all(0 < s["score"] <= 2 / 61 for s in sources)  # reciprocal-rank scores
     finally:
-        code, err = srv.stop()
-    assert code == 0 and "(hybrid)" in err
+        code = srv.stop()
+    assert code == 0 and "(hybrid)" in srv.stderr()

@@ -4,7 +4,6 @@ there is explained by the running model, and bad bodies are 400s with OpenAI-sha
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -15,14 +14,9 @@ import pytest
 from explain_helpers import assert_not_blank
 
 from fornalha.explain import decode_attention
+from live_server import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_server(run: Path, tmp: Path, api_keys: str = ""):

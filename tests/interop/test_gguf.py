@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -35,6 +34,7 @@ from fornalha.interop.gguf import export_gguf, permute_rotary
 from fornalha.model import GPT, ModelConfig
 from fornalha.tokenizer import load_tokenizer, train_bpe
 from fornalha.tokenizer.bpe import GPT4_2DIGIT_SPLIT_PATTERN
+from live_server import free_port
 
 gguf = pytest.importorskip("gguf")
 
@@ -248,13 +248,8 @@ def llamacpp_bin() -> Path:
     return Path(done.stdout.strip().splitlines()[-1])
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # the first test to use llamacpp_bin may build llama.cpp: ~10 min on 2 cores
 def test_llama_tokenize_gives_our_ids_on_held_out_text(tmp_path, tok_dir, llamacpp_bin):
     run, _ = _make_run(tmp_path, tok_dir, qk_norm=True)
     path = export_gguf(run, tmp_path / "m.gguf")
@@ -291,6 +286,7 @@ def test_llama_tokenize_gives_our_ids_on_held_out_text(tmp_path, tok_dir, llamac
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # as above: this test may be the one that builds (or waits for) llama.cpp
 @pytest.mark.parametrize("overrides", [{"qk_norm": True}, {"tie_embeddings": False, "n_kv_head": 2}])
 def test_llama_server_greedy_continuation_matches_ours(tmp_path, tok_dir, llamacpp_bin, overrides):
     run, model = _make_run(tmp_path, tok_dir, **overrides)
@@ -302,7 +298,7 @@ def test_llama_server_greedy_continuation_matches_ours(tmp_path, tok_dir, llamac
         ids = torch.tensor([[0, *tokenizer.encode(prompt)]])
         want.append(model.generate(ids, max_new_tokens=24, temperature=0)[0, ids.shape[1] :].tolist())
 
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         [
             str(llamacpp_bin / "llama-server"),
@@ -359,7 +355,7 @@ def test_llamacpp_server_script_serves_the_run(tmp_path, tok_dir, llamacpp_bin):
     import os
 
     run, _ = _make_run(tmp_path, tok_dir, qk_norm=True)
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "PYTHON": sys.executable}
     server = subprocess.Popen(
         ["bash", str(SCRIPT), str(run), str(port), "2"],

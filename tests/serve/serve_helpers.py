@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import httpx
 import torch
 
+import live_server
 from fornalha.checkpoint import model_state_for_saving, save_checkpoint
 from fornalha.model import GPT, ModelConfig
 from fornalha.tokenizer.char import CharTokenizer
@@ -35,54 +29,8 @@ def make_run(root: Path, block_size: int = 160) -> Path:
     return run
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """`fornalha serve` in a subprocess on a free loopback port; waits for /ready."""
+class Server(live_server.Server):
+    """`fornalha serve` of a run with the serving tests' key (tests/live_server.py)."""
 
     def __init__(self, run: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 60) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        full_env = {
-            **os.environ,
-            "FORNALHA_API_KEYS": KEY,
-            "OMP_NUM_THREADS": "1",
-            "FORNALHA_NO_KERNELS": "1",
-            **(env or {}),
-        }
-        cmd = [sys.executable, "-m", "fornalha.cli", "serve", "--run", str(run), "--port", str(self.port),
-               "--model-name", "tiny", "--device", "cpu", *args]  # fmt: skip
-        self.proc = subprocess.Popen(
-            cmd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited: {self.proc.stderr.read()}")
-            try:
-                if httpx.get(self.url + "/ready", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise RuntimeError("server did not become ready")
-
-    def stop(self, timeout: float = 30) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait()
-
-    def rss_kib(self) -> int:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-        raise RuntimeError("no VmRSS")
+        super().__init__(run, *args, key=KEY, env=env, timeout=timeout)

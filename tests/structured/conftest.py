@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
+from structured_helpers import KEY, make_run
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "serve"))  # serve_helpers.Server
-
-from serve_helpers import KEY, Server  # noqa: E402
-from structured_helpers import make_run  # noqa: E402
+from live_server import Server
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -30,7 +25,7 @@ def run_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def server(run_dir):
-    srv = Server(run_dir, "--max-batch", "4", "--max-queue", "32")
+    srv = Server(run_dir, "--max-batch", "4", "--max-queue", "32", key=KEY)
     yield srv
     srv.stop()
 

@@ -15,6 +15,8 @@ from fornalha.model import GPT, ModelConfig
 from fornalha.tokenizer.bpe import train_bpe
 from fornalha.tokenizer.char import CharTokenizer
 
+KEY = "sk-structured-test"
+
 TEXT = (
     'the quick brown fox jumps over the lazy dog. é ü ç! 0123456789\n{"name": "Ana", "tags": ["a", "b"],'
     ' "ok": true, "n": -1.5e3, "x": null}\tABCDEFGHIJKLMNOPQRSTUVWXYZ,;:?<>/_\\-+[]'
@@ -79,10 +81,8 @@ PERSON = {
 
 def hf_tokenizer():
     """A foreign Hugging Face tokenizer (ChatML specials, as `fornalha import hf` brings in)."""
-    import sys
     import tempfile
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from fornalha.tokenizer import HFTokenizer
     from hf_helpers import byte_level_tokenizer
 

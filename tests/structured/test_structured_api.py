@@ -10,8 +10,7 @@ import httpx
 import openai
 import pytest
 from pydantic import BaseModel, Field
-from serve_helpers import KEY
-from structured_helpers import PERSON, validate
+from structured_helpers import KEY, PERSON, validate
 
 MSGS = [{"role": "user", "content": "who is it?"}]
 PERSON_FORMAT = {"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON, "strict": True}}

@@ -1,0 +1,76 @@
+"""`fornalha serve` in a subprocess on a free loopback port, as users meet it: the one copy the
+serving, assistant, structured-output and improvement tests share."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`fornalha serve --run RUN *args` with the API key `key`; waits for /ready. One thread and no
+    compiled kernel, so several servers and xdist workers share two cores predictably."""
+
+    def __init__(
+        self,
+        run: Path,
+        *args: str,
+        key: str,
+        env: dict[str, str] | None = None,
+        model_name: str = "tiny",
+        timeout: float = 90,
+    ) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        full_env = {**os.environ, "FORNALHA_API_KEYS": key, "OMP_NUM_THREADS": "1", "FORNALHA_NO_KERNELS": "1",
+                    **(env or {})}  # fmt: skip
+        cmd = [sys.executable, "-m", "fornalha.cli", "serve", "--run", str(run), "--port", str(self.port),
+               "--model-name", model_name, "--device", "cpu", *args]  # fmt: skip
+        self.proc = subprocess.Popen(
+            cmd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited: {self.proc.stderr.read()}")
+            try:
+                if httpx.get(self.url + "/ready", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError("server did not become ready")
+
+    def stop(self, timeout: float = 30) -> int:
+        """SIGTERM (a clean drain), then SIGKILL after `timeout` seconds; the exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+    def stderr(self) -> str:
+        """What the server printed on stderr (read once it has stopped)."""
+        return self.proc.stderr.read() if self.proc.stderr else ""
+
+    def rss_kib(self) -> int:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise RuntimeError("no VmRSS")
