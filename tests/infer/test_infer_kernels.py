@@ -213,3 +213,45 @@ def test_a_slow_kernel_load_says_it_is_compiling(monkeypatch, capsys):
     finally:
         kernels._built_kernel.cache_clear()
     assert "compiling the float16 decode-attention kernel" in capsys.readouterr().err
+
+
+def test_batched_prefill_into_scattered_rows_of_an_fp16_cache(kernel):
+    """Several prompts admitted in one step go to whichever rows are free — not always contiguous
+    ones. With a float16 cache that path must cast the float32 keys/values (a server under load
+    crashed there): same logits and cache contents as contiguous rows."""
+    model = random_model(seed=5)
+    prompt, lengths = torch.randint(7, 263, (2, 6)), [6, 4]
+    with torch.no_grad():
+        a = KVCache.allocate(model.config, 3, 16, dtype=torch.float16)
+        b = KVCache.allocate(model.config, 3, 16, dtype=torch.float16)
+        together = Decoder(model, a).prefill(prompt, lengths, [0, 1])
+        scattered = Decoder(model, b).prefill(prompt, lengths, [2, 0])
+    torch.testing.assert_close(together, scattered)
+    assert torch.equal(a.k[:, 0], b.k[:, 2]) and torch.equal(a.v[:, 1], b.v[:, 0])
+
+
+def test_engine_with_fp16_cache_admits_requests_into_freed_rows(kernel, model, tok):
+    """Continuous batching over a float16 cache: requests that arrive while others run are
+    prefilled together into the rows finished ones freed, and each gives the tokens it gives alone."""
+    short, long = (
+        GREEDY.with_(max_new_tokens=8, ignore_eos=True),
+        GREEDY.with_(max_new_tokens=20, ignore_eos=True),
+    )
+    alone = {
+        p: Engine(model, tok, max_batch_size=1, kv_cache="fp16").generate([p], short)[0] for p in PROMPTS[:2]
+    }
+    eng = Engine(model, tok, max_batch_size=4, kv_cache="fp16")
+    assert eng.cache.k.dtype == torch.float16
+    for i, p in enumerate(PROMPTS[:4]):  # rows 1 and 3 finish first: two free rows, not contiguous
+        eng.add_request(p, short if i % 2 else long)
+    done: set[int] = set()
+    while not done:
+        done |= {ev.request_id for ev in eng.step() if ev.finished}
+    assert eng.num_running == 2
+    late = {eng.add_request(p, short): p for p in PROMPTS[:2]}
+    eng.step()  # both admitted in this step: one batched prefill into rows 1 and 3
+    assert eng.num_running == 4
+    while eng.has_unfinished():
+        eng.step()
+    for rid, p in late.items():
+        assert eng.pop_result(rid).token_ids == alone[p].completions[0].token_ids

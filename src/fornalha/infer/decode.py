@@ -205,9 +205,9 @@ class Decoder:
             if contiguous:
                 kc[slots[0] : slots[0] + N, :, :T] = k
                 vc[slots[0] : slots[0] + N, :, :T] = v
-            else:
-                kc[rows, :, :T] = k
-                vc[rows, :, :T] = v
+            else:  # index_put does not cast (slicing does): a float16 cache takes float16 keys/values
+                kc[rows, :, :T] = k.to(kc.dtype)
+                vc[rows, :, :T] = v.to(vc.dtype)
             if Hkv != H:
                 k, v = k.repeat_interleave(H // Hkv, dim=1), v.repeat_interleave(H // Hkv, dim=1)
             y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1)
