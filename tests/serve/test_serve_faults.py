@@ -139,3 +139,43 @@ def test_non_streamed_request_cancelled_when_client_leaves(tmp_path):
         assert counter("fornalha_completion_tokens_total") - before == done["usage"]["completion_tokens"]
     finally:
         srv.stop()
+
+
+def test_a_failed_engine_thread_answers_503_at_once(run_dir, monkeypatch):
+    """If the engine thread dies (a bug, out of memory), the request in flight and every later one get a
+    503 in OpenAI's shape at once — none waits forever on a thread that is gone — and /ready says 503."""
+    from fastapi.testclient import TestClient
+
+    from fornalha.cli.infer import _load_engine
+    from fornalha.serve.app import create_app
+    from fornalha.tokenizer import load_tokenizer
+
+    monkeypatch.setenv("FORNALHA_NO_KERNELS", "1")
+    engine = _load_engine(run_dir, "best", "cpu", "auto", 4)[0]
+    steps = {"n": 0}
+    real_step = engine.step
+
+    def failing_step():
+        steps["n"] += 1
+        if steps["n"] == 3:
+            raise RuntimeError("simulated engine failure")
+        return real_step()
+
+    monkeypatch.setattr(engine, "step", failing_step)
+    app = create_app(engine, load_tokenizer(run_dir), model_name="tiny")
+    body = {"model": "tiny", "prompt": "fox", "max_tokens": 20, "ignore_eos": True}
+    with TestClient(app) as c:
+        r = c.post("/v1/completions", json=body)
+        assert r.status_code == 503 and r.json()["error"]["code"] == "engine_stopped"
+        assert "simulated engine failure" in r.json()["error"]["message"]
+        assert c.get("/ready").status_code == 503
+        t0 = time.monotonic()
+        for path, extra in (("/v1/completions", {}), ("/v1/chat/completions", {"messages": [{"role": "user",
+                            "content": "fox"}]}), ("/v1/embeddings", {"input": "fox"})):  # fmt: skip
+            payload = {"model": "tiny", **extra} if extra else body
+            r = c.post(path, json=payload)
+            assert r.status_code == 503 and r.json()["error"]["type"] == "service_unavailable_error", r.text
+        stream = {"model": "tiny", "stream": True, "messages": [{"role": "user", "content": "fox"}]}
+        with c.stream("POST", "/v1/chat/completions", json=stream) as s:
+            assert s.status_code == 503
+        assert time.monotonic() - t0 < 5

@@ -46,7 +46,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from fornalha.assistant import PreparedChat, Retriever, default_reserve, prepare_chat
 from fornalha.infer.engine import Engine, Event
 from fornalha.infer.sampling import SamplingParams
-from fornalha.serve.async_engine import AsyncEngine, QueueFull, RequestTimeout
+from fornalha.serve.async_engine import AsyncEngine, EngineStopped, QueueFull, RequestTimeout
 from fornalha.serve.auth import KeyChecker, RateLimiter
 from fornalha.serve.errors import APIError, error_body, install_error_handlers
 from fornalha.serve.metrics import Metrics
@@ -268,6 +268,7 @@ def create_app(
         return None if request_timeout is None else time.monotonic() + request_timeout
 
     def reserve(runner: AsyncEngine, n: int) -> None:
+        runner.check_alive()  # a 503 before a stream starts, not an error chunk after a 200
         try:
             runner.reserve(n)
         except QueueFull as exc:
@@ -441,6 +442,8 @@ def create_app(
                 yield "data: [DONE]\n\n"
             except RequestTimeout as exc:
                 yield f"data: {json.dumps(error_body(408, str(exc), None, 'timeout'))}\n\n"
+            except EngineStopped as exc:
+                yield f"data: {json.dumps(error_body(503, str(exc), None, 'engine_stopped'))}\n\n"
             finally:
                 if not state.get("recorded"):  # stopped by the client: kept, so it can still be rated
                     metrics.cancelled.labels("disconnect").inc()

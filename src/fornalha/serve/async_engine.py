@@ -28,6 +28,7 @@ import itertools
 import queue
 import threading
 import time
+import traceback
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -42,6 +43,10 @@ class QueueFull(Exception):
 
 class RequestTimeout(Exception):
     """A request ran past its time limit and was cancelled."""
+
+
+class EngineStopped(Exception):
+    """The engine thread is not running (it failed, or the server is stopping): no request can run."""
 
 
 @dataclass
@@ -153,10 +158,22 @@ class AsyncEngine:
                         self.on_step(eng)
                     self._wake.wait(0.1)
                     self._wake.clear()
-        except BaseException as exc:  # the engine broke: fail every waiting request, stop being ready
+        except BaseException as exc:  # the engine broke: fail every request, stop being ready
             self.error = exc
+            stopped = EngineStopped(f"the engine stopped: {type(exc).__name__}: {exc}")
+            stopped.__cause__ = exc
             for h in handles.values():
-                h.loop.call_soon_threadsafe(h.events.put_nowait, exc)
+                h.loop.call_soon_threadsafe(h.events.put_nowait, stopped)
+            while True:  # commands nobody will run now: answer them too
+                try:
+                    cmd = self._inbox.get_nowait()
+                except queue.Empty:
+                    break
+                if cmd[0] == "add":
+                    cmd[1].loop.call_soon_threadsafe(cmd[1].events.put_nowait, stopped)
+                elif cmd[0] == "call":
+                    cmd[2].set_exception(stopped)
+            traceback.print_exception(exc)  # the server's log says why /ready turned 503
 
     # ---- the asyncio side ---------------------------------------------------------------------
     def reserve(self, n: int) -> None:
@@ -174,20 +191,22 @@ class AsyncEngine:
         """The events of one sequence (n=1) as the engine produces them; the last one has
         finished=True. Leaving the loop early aborts the sequence. Raises RequestTimeout past
         `deadline` (a `time.monotonic()` value)."""
+        self.check_alive()
         loop = asyncio.get_running_loop()
         handle = _Handle(next(self._keys), loop, asyncio.Queue())
         self._post("add", handle, list(prompt_ids), params)
         done = False
         try:
             while True:
-                if deadline is None:
-                    item = await handle.events.get()
-                else:
-                    left = deadline - time.monotonic()
-                    try:
-                        item = await asyncio.wait_for(handle.events.get(), max(left, 0.0))
-                    except TimeoutError:
+                # Wake at least every second: a command posted just as the thread died is never answered.
+                wait = 1.0 if deadline is None else min(1.0, max(deadline - time.monotonic(), 0.0))
+                try:
+                    item = await asyncio.wait_for(handle.events.get(), wait)
+                except TimeoutError:
+                    if deadline is not None and time.monotonic() >= deadline:
                         raise RequestTimeout("the request ran past its time limit") from None
+                    self.check_alive()
+                    continue
                 if isinstance(item, BaseException):
                     done = True
                     raise item
@@ -199,8 +218,15 @@ class AsyncEngine:
             if not done:
                 self._post("abort", handle.key)
 
+    def check_alive(self) -> None:
+        """Raise EngineStopped when the engine thread is not running."""
+        if not self.alive:
+            reason = f": {type(self.error).__name__}: {self.error}" if self.error is not None else ""
+            raise EngineStopped(f"the engine is not running{reason}")
+
     async def call(self, fn: Callable[[Engine], Any]) -> Any:
         """Run fn(engine) in the engine thread between two steps (e.g. embeddings)."""
+        self.check_alive()
         fut: concurrent.futures.Future = concurrent.futures.Future()
         self._post("call", fn, fut)
         return await asyncio.wrap_future(fut)

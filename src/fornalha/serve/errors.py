@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fornalha.errors import FornalhaError
+from fornalha.serve.async_engine import EngineStopped
 
 _TYPES = {
     400: "invalid_request_error",
@@ -95,6 +96,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(FornalhaError)
     async def _fornalha(request: Request, exc: FornalhaError) -> JSONResponse:
         return JSONResponse(error_body(400, str(exc)), 400)
+
+    @app.exception_handler(EngineStopped)
+    async def _stopped(request: Request, exc: EngineStopped) -> JSONResponse:
+        return JSONResponse(error_body(503, str(exc), None, "engine_stopped"), 503)
 
     @app.exception_handler(UnicodeDecodeError)
     async def _utf8(request: Request, exc: UnicodeDecodeError) -> JSONResponse:
