@@ -13,7 +13,11 @@ def run_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def server(run_dir):
-    srv = Server(run_dir, "--max-batch", "8", "--max-queue", "64")
+    # The default engine, as users run it (float16 KV cache and its compiled kernel; the first build,
+    # ~25 s, may happen here); the other live-server tests turn the kernel off to start quicker.
+    srv = Server(
+        run_dir, "--max-batch", "8", "--max-queue", "64", env={"FORNALHA_NO_KERNELS": "0"}, timeout=300
+    )
     yield srv
     srv.stop()
 
