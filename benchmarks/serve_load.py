@@ -261,8 +261,10 @@ def main() -> None:
         result["llamacpp_reason"] = "benchmarks/llamacpp_server.sh is missing (written by the gguf work)"
     else:
         lport = free_port()
-        lp = subprocess.Popen(["bash", str(script), str(run), str(lport), str(args.max_batch)], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        llama_log = tmp / "llama-server.log"  # a file, not a pipe: nobody reads it while the load runs
+        lp = subprocess.Popen(["bash", str(script), str(run), str(lport), str(args.max_batch)],
+                              env={**env, "PYTHON": sys.executable},
+                              stdout=subprocess.DEVNULL, stderr=llama_log.open("wb"))  # fmt: skip
         try:
             wait_ready(f"http://127.0.0.1:{lport}", lp, 1800)
             theirs = run_levels("llama.cpp", f"http://127.0.0.1:{lport}", "bench", levels, args, lp.pid)
@@ -276,7 +278,8 @@ def main() -> None:
                     result["fornalha_c16_tok_s"] / result["llamacpp_c16_tok_s"]
                 )
         except Exception as exc:
-            result["llamacpp_reason"] = f"llama-server did not run: {exc}"
+            err = llama_log.read_text(errors="replace")[-1500:]
+            result["llamacpp_reason"] = f"llama-server did not run: {exc}; {err}"
         finally:
             lp.terminate()
             try:
