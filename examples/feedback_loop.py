@@ -200,14 +200,11 @@ def main() -> None:
     work = args.work or Path(tempfile.mkdtemp(prefix="feedback-loop-"))
     work.mkdir(parents=True, exist_ok=True)
     sys.path.insert(0, str(ROOT / "src"))
-    from fornalha.improve.registry import Registry
+    from fornalha.improve.simulate import registry_with_champion
 
     registry = work / "registry"
     val = make_val_dataset(work / "val")
-    reg = Registry.open(registry, create=True)
-    reg.register(args.run or make_champion(work), created_by="examples/feedback_loop.py")
-    reg.close()
-    db = f"sqlite:///{registry.resolve() / 'fornalha.db'}"
+    db = registry_with_champion(registry, args.run or make_champion(work), "examples/feedback_loop.py")
     log(f"registry {registry}: v1 is the champion; rule: liked iff the answer has >= {MIN_VOWELS} vowels")
 
     server = Server(registry, work / "server.log")

@@ -18,7 +18,7 @@ from improve_helpers import TEXT, fornalha
 from test_hot_swap import RegistryServer
 
 from fornalha.improve.registry import Registry
-from fornalha.improve.simulate import post_rating, uniform_char_champion
+from fornalha.improve.simulate import post_rating, registry_with_champion, uniform_char_champion
 from fornalha.improve.simulate import val_dataset as simulated_val_dataset
 
 VOWELS = set("aeiou")
@@ -76,10 +76,7 @@ def play_users(srv, tag: str, corrupt: bool = False, seed: int = 0) -> tuple[int
 
 def test_improve_promotes_a_better_version_and_refuses_random_feedback(tmp_path):
     reg_dir, val = tmp_path / "reg", val_dataset(tmp_path / "val")
-    reg = Registry.open(reg_dir, create=True)
-    reg.register(make_champion(tmp_path))
-    reg.close()
-    db = f"sqlite:///{reg_dir / 'fornalha.db'}"
+    db = registry_with_champion(reg_dir, make_champion(tmp_path))
     srv = RegistryServer(reg_dir, tmp_path, poll=0.3)
     try:
         # no feedback yet: one clear line, exit 2, nothing trained or registered

@@ -4,6 +4,7 @@
   whose answers are near-uniform strings of ordinary characters, always as long as `max_tokens`
   allows — a champion with no built-in taste, so a rule about answers starts near its chance rate.
 * `val_dataset(folder, docs)`: a prepared dataset with only a `val` split (the gate's bpb check).
+* `registry_with_champion(folder, run)`: a new registry whose champion (v1) is `run`; its store URL.
 * `post_rating(url, key, completion_id, rating)`: a rating through `POST /v1/feedback`, as a user's
   page sends it, retried while the store has not yet written the completion.
 """
@@ -61,6 +62,19 @@ def val_dataset(folder: Path, docs: Sequence[str]) -> Path:
         json.dumps({"format": "fornalha-dataset", "version": 1, "splits": {"val": split}})
     )
     return folder
+
+
+def registry_with_champion(folder: Path, run: Path, created_by: str | None = None) -> str:
+    """Create the registry FOLDER with `run` registered as v1, the champion; return the SQLite URL of
+    its store (`sqlite:///FOLDER/fornalha.db`, the one `serve --registry FOLDER` uses by default)."""
+    from fornalha.improve.registry import Registry, default_db_url
+
+    reg = Registry.open(folder, create=True)
+    try:
+        reg.register(run, created_by=created_by)
+    finally:
+        reg.close()
+    return default_db_url(folder)
 
 
 def post_rating(url: str, key: str, completion_id: str, rating: int, user: str | None = None) -> None:
