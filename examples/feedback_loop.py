@@ -1,6 +1,6 @@
 """The improvement loop, played end to end: users rate a served model, `fornalha improve` makes it better.
 
-    python examples/feedback_loop.py [--work DIR] [--prompts 200] [--steps 80]
+    python examples/feedback_loop.py [--work DIR] [--prompts 200] [--held-out-prompts 300] [--steps 200]
 
 1. A registry with one version, v1 (the champion): by default an untrained tiny character-level
    GPT whose answers are near-uniform strings of characters (`--run RUN` uses a trained run instead).
@@ -9,10 +9,12 @@
 3. Simulated users with a STATED RULE: they like an answer that has at least MIN_VOWELS vowels
    (a, e, i, o, u, either case) and dislike the others. Each training prompt is answered three times
    (temperature 1), so one prompt often gets a liked and a disliked answer: a preference pair.
-4. `fornalha improve` exports the ratings, fine-tunes v1 with DPO, and the gate decides; the server
+4. `fornalha improve` exports the ratings, fine-tunes v1 with DPO at DPO's own defaults (200 steps,
+   lr 3e-4; 80 steps ranked the pairs but barely moved sampling, benchmarks/LOG.md) and the gate
+   decides at ITS defaults (tolerance 0.02 bpb, min gain 1/sqrt(held-out conversations)); the server
    switches to v2 by itself (it polls the champion alias).
 5. The share of answers satisfying the rule is measured on HELD-OUT prompts (never rated, never
-   trained on; the same seeds) before and after.
+   trained on; the same seeds) before and after, with its binomial standard error.
 6. A second round with CORRUPTED feedback (the same kind of traffic, labels drawn at random) must be
    refused by the gate (exit 3) while v2 keeps serving.
 
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
 import signal
@@ -35,8 +38,6 @@ from pathlib import Path
 
 import httpx
 import openai
-import torch
-import zstandard
 
 ROOT = Path(__file__).resolve().parents[1]
 MIN_VOWELS = 3  # the rule: an answer with at least this many vowels is liked
@@ -74,45 +75,18 @@ def log(msg: str) -> None:
 
 # ---- the champion and the validation set -----------------------------------------------------------
 def make_champion(work: Path) -> Path:
-    """An untrained tiny char GPT: near-uniform answers of ordinary characters, always ANSWER_TOKENS long.
+    """An untrained tiny char GPT: near-uniform answers of ordinary characters, always ANSWER_TOKENS long
+    (fornalha.improve.simulate.uniform_char_champion, as in tests/improve/test_improve.py)."""
+    from fornalha.improve.simulate import uniform_char_champion
 
-    Every token embedding carries a constant in dimension 0, so the last hidden state always points
-    that way; the untied head reads +1 there for characters and -1 for special tokens and <|unk|>,
-    which therefore never win.
-    """
-    from fornalha.checkpoint import model_state_for_saving, save_checkpoint
-    from fornalha.model import GPT, ModelConfig
-    from fornalha.tokenizer.char import CharTokenizer
-
-    run = work / "base"
-    tok = CharTokenizer.train([VAL_TEXT + "".join(chr(c) for c in range(33, 127))])
-    tok.save(run / "tokenizer")
-    torch.manual_seed(0)
-    cfg = ModelConfig(vocab_size=tok.vocab_size, block_size=128, n_layer=2, n_head=4, n_kv_head=2, n_embd=32,
-                      tie_embeddings=False)  # fmt: skip
-    model = GPT(cfg)
-    with torch.no_grad():
-        model.wte.weight[:, 0] = 5.0
-        model.lm_head.weight[:, 0] = 1.0
-        model.lm_head.weight[: tok.unk_id + 1, 0] = -1.0
-    meta = {"model_config": cfg.to_dict(), "step": 0, "metrics": {}, "lineage": {"parent": None}}
-    save_checkpoint(run / "checkpoints" / "best", model_state_for_saving(model), meta)
-    return run
+    return uniform_char_champion(work / "base", VAL_TEXT + "".join(chr(c) for c in range(33, 127)))
 
 
 def make_val_dataset(folder: Path) -> Path:
-    """A prepared dataset with a `val` split (fornalha-dataset manifest): the gate's bpb check."""
-    (folder / "val").mkdir(parents=True)
-    docs = [VAL_TEXT[i:] + VAL_TEXT[:i] for i in range(0, len(VAL_TEXT), 23)]
-    lines = [json.dumps({"text": t, "source": "example", "id": str(i)}) for i, t in enumerate(docs)]
-    (folder / "val" / "part-00000.jsonl.zst").write_bytes(
-        zstandard.ZstdCompressor().compress("\n".join(lines).encode())
-    )
-    split = {"shards": [{"file": "val/part-00000.jsonl.zst"}], "documents": len(lines)}
-    (folder / "manifest.json").write_text(
-        json.dumps({"format": "fornalha-dataset", "version": 1, "splits": {"val": split}})
-    )
-    return folder
+    """A prepared dataset with a `val` split: the gate's bpb check (rotations of VAL_TEXT)."""
+    from fornalha.improve.simulate import val_dataset
+
+    return val_dataset(folder, [VAL_TEXT[i:] + VAL_TEXT[:i] for i in range(0, len(VAL_TEXT), 23)])
 
 
 # ---- the server and its users ----------------------------------------------------------------------
@@ -161,13 +135,9 @@ class Server:
         return r.id, r.choices[0].message.content, r.system_fingerprint
 
     def rate(self, completion_id: str, rating: int, user: str) -> None:
-        for _ in range(50):  # the store writes a completion on its own thread, a moment after answering
-            res = httpx.post(self.url + "/v1/feedback", headers={"Authorization": f"Bearer {KEY}"},
-                             json={"completion_id": completion_id, "rating": rating, "user": user})  # fmt: skip
-            if res.status_code == 200:
-                return
-            time.sleep(0.1)
-        raise SystemExit(f"feedback refused: {res.text}")
+        from fornalha.improve.simulate import post_rating
+
+        post_rating(self.url, KEY, completion_id, rating, user)
 
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
@@ -206,6 +176,11 @@ def share_on_held_out(server: Server, n: int) -> tuple[float, set[str]]:
     return hits / n, versions
 
 
+def standard_error(p: float, n: int) -> float:
+    """Binomial standard error of a share p measured on n answers."""
+    return math.sqrt(p * (1 - p) / n)
+
+
 def improve(registry: Path, db: str, out: Path, val: Path, steps: int) -> subprocess.CompletedProcess:
     return fornalha("improve", "--registry", str(registry), "--db", db, "--out", str(out), "--val-data", str(val),
                     "--set", f"train.max_steps={steps}", "--set", "train.eval_interval=20")  # fmt: skip
@@ -215,22 +190,21 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--work", type=Path, default=None, help="work folder (default: a new temporary one)")
     p.add_argument("--prompts", type=int, default=200, help="training prompts per round (3 answers each)")
-    p.add_argument("--held-out-prompts", type=int, default=200)
-    p.add_argument("--steps", type=int, default=80, help="DPO steps (DPO's other defaults: lr 3e-4, 8 pairs)")
+    p.add_argument("--held-out-prompts", type=int, default=300, help="prompts the share is measured on")
+    p.add_argument(
+        "--steps", type=int, default=200, help="DPO steps (DPO's defaults: 200 steps, lr 3e-4, 8 pairs)"
+    )
     p.add_argument("--run", type=Path, default=None, help="a trained run to start from (default: built)")
     args = p.parse_args()
-    started = time.time()
+    started, load_start = time.time(), os.getloadavg()
     work = args.work or Path(tempfile.mkdtemp(prefix="feedback-loop-"))
     work.mkdir(parents=True, exist_ok=True)
     sys.path.insert(0, str(ROOT / "src"))
-    from fornalha.improve.registry import Registry
+    from fornalha.improve.simulate import registry_with_champion
 
     registry = work / "registry"
     val = make_val_dataset(work / "val")
-    reg = Registry.open(registry, create=True)
-    reg.register(args.run or make_champion(work), created_by="examples/feedback_loop.py")
-    reg.close()
-    db = f"sqlite:///{registry.resolve() / 'fornalha.db'}"
+    db = registry_with_champion(registry, args.run or make_champion(work), "examples/feedback_loop.py")
     log(f"registry {registry}: v1 is the champion; rule: liked iff the answer has >= {MIN_VOWELS} vowels")
 
     server = Server(registry, work / "server.log")
@@ -269,18 +243,25 @@ def main() -> None:
         if not f.is_file():
             return {}
         s = json.loads(f.read_text())
+        dpo = (s["finetune"].get("dpo") or {}).get("after") or {}
         return {"promoted": s["result"]["promoted"], "checks": s["result"]["numbers"].get("checks"),
+                "dpo_held_out_reward_margin": dpo.get("reward_margin"),
                 "min_gain": s["settings"]["min_gain_used"], "held_out_conversations": s["held_out_conversations"],
                 "pairs": s["feedback"]["counts"], "report": str(folder / "improve.html")}  # fmt: skip
 
+    n = args.held_out_prompts
+    se0, se1 = standard_error(share_before, n), standard_error(share_after, n)
     print(json.dumps({
         "rule": f"liked iff the answer has >= {MIN_VOWELS} vowels (a e i o u, either case)",
-        "share_before": round(share_before, 4), "share_after": round(share_after, 4),
+        "share_before": round(share_before, 4), "share_after": round(share_after, 4), "share_n": n,
+        "share_before_se": round(se0, 4), "share_after_se": round(se1, 4),
+        "share_rise_in_se": round((share_after - share_before) / math.hypot(se0, se1), 1),
         "corrupted_refused": corrupted_refused, "served_after_clean": served_after, "served_after_corrupted": still,
         "clean_round": {**clean, "exit": r1.returncode, **decision(work / "round1")},
         "corrupted_round": {**corrupted, "exit": r2.returncode, **decision(work / "round2")},
         "held_out_prompts": args.held_out_prompts, "prompts_per_round": args.prompts, "dpo_steps": args.steps,
-        "seconds": round(time.time() - started, 1), "work": str(work),
+        "seconds": round(time.time() - started, 1), "load_avg_1min_start_end": [load_start[0], os.getloadavg()[0]],
+        "work": str(work),
     }))  # fmt: skip
 
 

@@ -77,6 +77,45 @@ def fold_lora(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+#: meta.json key of an adapter-only LoRA step checkpoint: {"path": the base checkpoint folder, "sha256":
+#: its model.safetensors hash}. Such a checkpoint holds only the `.lora_*` tensors; the frozen weights
+#: are the base's (`with_lora_base`). best/ is always a plain, folded model.
+LORA_BASE = "lora_base"
+
+
+def lora_adapters(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Only the adapter tensors (`…lora_A`, `…lora_B`, `…lora_scale`) of a state dict; {} without LoRA."""
+    return {k: v for k, v in state.items() if ".lora_" in k}
+
+
+def lora_base_reference(base_meta: dict[str, Any]) -> dict[str, str]:
+    """What an adapter-only checkpoint records about its base (`load_model`'s meta of the base)."""
+    return {"path": str(Path(base_meta["path"]).resolve()), "sha256": base_meta["files"][MODEL_FILE]}
+
+
+def with_lora_base(state: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The full state dict of an adapter-only LoRA checkpoint: its base's weights plus its adapters.
+
+    The base is the checkpoint named in meta["lora_base"], verified against its recorded hash (the
+    adapters were trained on exactly those weights). Any other state dict comes back unchanged.
+    """
+    ref = meta.get(LORA_BASE)
+    if not ref:
+        return state
+    base = Path(ref["path"])
+    if not (base / META_FILE).is_file():
+        raise CheckpointError(
+            f"this LoRA checkpoint holds only adapters; its base {base} is gone (put it back to load or resume)"
+        )
+    base_state, base_meta = load_checkpoint(base)
+    if base_meta.get("files", {}).get(MODEL_FILE) != ref["sha256"]:
+        raise CheckpointError(
+            f"this LoRA checkpoint's base {base} has changed since the adapters were trained "
+            f"(model.safetensors sha256 {base_meta.get('files', {}).get(MODEL_FILE)} != {ref['sha256']})"
+        )
+    return {**{k: v for k, v in base_state.items() if ".lora_" not in k}, **state}
+
+
 def _fault(point: str, name: str) -> None:
     """Tests only: FORNALHA_FAULT=POINT:NAME kills this process (SIGKILL) at that point of writing
     checkpoint NAME, e.g. `after-model:step-000010` or `between-renames:best`."""
@@ -252,7 +291,8 @@ def load_model(
     """Build a GPT from a checkpoint (see resolve_checkpoint for `path` and `which`), in eval mode."""
     ckpt = resolve_checkpoint(path, which)
     state, meta = load_checkpoint(ckpt)
-    state = fold_lora(state)  # a LoRA fine-tune's step checkpoint loads as the merged, ordinary model
+    # a LoRA fine-tune's step checkpoint (adapters only, on its recorded base) loads as the merged model
+    state = fold_lora(with_lora_base(state, meta))
     try:
         config = ModelConfig.from_dict(meta["model_config"])
         model = GPT(config)

@@ -1,4 +1,5 @@
-"""LoRA: merged == adapted outputs, only the adapters learn, and LoRA runs save ordinary checkpoints."""
+"""LoRA: merged == adapted outputs, only the adapters learn; step checkpoints hold only the adapters
+(+ the base's path and hash) and resume, best/ is an ordinary merged model."""
 
 from __future__ import annotations
 
@@ -8,8 +9,15 @@ import pytest
 import torch
 from dpo_helpers import make_run, pair_texts, synthetic_pairs, write_jsonl
 
-from fornalha.checkpoint import fold_lora, load_checkpoint, load_model, model_state_for_saving
-from fornalha.errors import ConfigError
+from fornalha.checkpoint import (
+    fold_lora,
+    load_checkpoint,
+    load_model,
+    model_state_for_saving,
+    read_meta,
+    save_checkpoint,
+)
+from fornalha.errors import CheckpointError, ConfigError
 from fornalha.finetune.lora import TARGETS, LoRALinear, add_lora, merge_lora, trainable_parameters
 from fornalha.model import GPT, ModelConfig
 
@@ -113,7 +121,14 @@ def test_dpo_with_lora_saves_ordinary_low_rank_checkpoints(tmp_path):
     raw_best, _ = load_checkpoint(tmp_path / "lora" / "checkpoints" / "best")
     assert not [k for k in raw_best if "lora" in k]  # an ordinary model file
     last = sorted((tmp_path / "lora" / "checkpoints").glob("step-*"))[-1]
-    assert [k for k in load_checkpoint(last)[0] if k.endswith("lora_A")]  # adapters kept for --resume
+    raw_last, meta = load_checkpoint(last)
+    # the step checkpoint holds only the adapters, plus a reference to the base and its hash
+    assert raw_last and all(".lora_" in k for k in raw_last) and [k for k in raw_last if k.endswith("lora_A")]
+    base_best = run / "checkpoints" / "best"
+    assert meta["lora_base"] == {"path": str(base_best.resolve()),
+                                 "sha256": read_meta(base_best)["files"]["model.safetensors"]}  # fmt: skip
+    full = (tmp_path / "lora" / "checkpoints" / "best" / "model.safetensors").stat().st_size
+    assert (last / "model.safetensors").stat().st_size < 0.5 * full
     assert report["settings"]["lora"] == 2 and report["after"]["reward_margin"] > 0
 
     # --resume continues the LoRA run from its step checkpoint, adapters and optimizer included
@@ -122,3 +137,10 @@ def test_dpo_with_lora_saves_ordinary_low_rank_checkpoints(tmp_path):
     text = log.read_text()
     assert "resumed from" in text and "reference log-probabilities: cached" in text and "LoRA rank 2" in text
     assert json.loads((tmp_path / "lora" / "summary.json").read_text())["steps"] == 6
+
+    # the base changed after the adapters were trained: the step checkpoint refuses to load on it
+    weights, base_meta = load_checkpoint(base_best)
+    weights = {k: v + 0.01 if v.is_floating_point() else v for k, v in weights.items()}
+    save_checkpoint(base_best, weights, {k: v for k, v in base_meta.items() if k not in ("files", "path")})
+    with pytest.raises(CheckpointError, match="has changed since the adapters were trained"):
+        load_model(tmp_path / "lora", "last")

@@ -13,17 +13,13 @@ import json
 import random
 import time
 
-import httpx
 import sqlalchemy as sa
-import torch
-import zstandard
 from improve_helpers import TEXT, fornalha
 from test_hot_swap import RegistryServer
 
-from fornalha.checkpoint import model_state_for_saving, save_checkpoint
 from fornalha.improve.registry import Registry
-from fornalha.model import GPT, ModelConfig
-from fornalha.tokenizer.char import CharTokenizer
+from fornalha.improve.simulate import post_rating, registry_with_champion, uniform_char_champion
+from fornalha.improve.simulate import val_dataset as simulated_val_dataset
 
 VOWELS = set("aeiou")
 N_PROMPTS = 48
@@ -37,42 +33,14 @@ def vowels(text: str) -> int:
     return sum(c in VOWELS for c in text.lower())
 
 
-def make_champion(root, seed: int = 0):
-    """A run folder: an untrained tiny GPT whose answers are near-uniform characters, always MAX_TOKENS long.
-
-    Every token embedding carries a constant in dimension 0, so the final hidden state always points
-    that way; the (untied) head reads +1 there for ordinary characters and -1 for special tokens and
-    `<|unk|>`: those never win, every answer is a string of ordinary characters of the same length
-    (no length bias in summed log-probabilities), and which ones is close to a fair die.
-    """
-    run = root / "base"
-    tok = CharTokenizer.train([TEXT])
-    tok.save(run / "tokenizer")
-    torch.manual_seed(seed)
-    cfg = ModelConfig(vocab_size=tok.vocab_size, block_size=128, n_layer=2, n_head=4, n_kv_head=2, n_embd=32,
-                      tie_embeddings=False)  # fmt: skip
-    model = GPT(cfg)
-    with torch.no_grad():
-        model.wte.weight[:, 0] = 5.0
-        model.lm_head.weight[:, 0] = 1.0
-        model.lm_head.weight[: tok.unk_id + 1, 0] = -1.0
-    meta = {"model_config": cfg.to_dict(), "step": 0, "metrics": {}, "lineage": {"parent": None}}
-    save_checkpoint(run / "checkpoints" / "best", model_state_for_saving(model), meta)
-    return run
+def make_champion(root):
+    """An untrained tiny GPT with near-uniform answers, always MAX_TOKENS long (the example's champion)."""
+    return uniform_char_champion(root / "base", TEXT)
 
 
 def val_dataset(root):
     """A prepared dataset folder with a `val` split: what the gate's bpb check reads."""
-    (root / "val").mkdir(parents=True)
-    lines = [json.dumps({"text": TEXT[i:] + TEXT[:i], "source": "t", "id": str(i)}) for i in range(0, 60, 7)]
-    (root / "val" / "part-00000.jsonl.zst").write_bytes(
-        zstandard.ZstdCompressor().compress("\n".join(lines).encode())
-    )
-    split = {"shards": [{"file": "val/part-00000.jsonl.zst"}], "documents": len(lines)}
-    (root / "manifest.json").write_text(
-        json.dumps({"format": "fornalha-dataset", "version": 1, "splits": {"val": split}})
-    )
-    return root
+    return simulated_val_dataset(root, [TEXT[i:] + TEXT[:i] for i in range(0, 60, 7)])
 
 
 def play_users(srv, tag: str, corrupt: bool = False, seed: int = 0) -> tuple[int, set[str]]:
@@ -101,23 +69,14 @@ def play_users(srv, tag: str, corrupt: bool = False, seed: int = 0) -> tuple[int
                 rating = -1
             else:
                 continue
-            for _ in range(50):  # the store writes the completion on its own thread
-                res = httpx.post(srv.url + "/v1/feedback", json={"completion_id": cid, "rating": rating},
-                                 headers={"Authorization": "Bearer sk-user-1"})  # fmt: skip
-                if res.status_code != 400 or "unknown" not in res.text:
-                    break
-                time.sleep(0.1)
-            assert res.status_code == 200, res.text
+            post_rating(srv.url, "sk-user-1", cid, rating)
             posted += 1
     return posted, fingerprints
 
 
 def test_improve_promotes_a_better_version_and_refuses_random_feedback(tmp_path):
     reg_dir, val = tmp_path / "reg", val_dataset(tmp_path / "val")
-    reg = Registry.open(reg_dir, create=True)
-    reg.register(make_champion(tmp_path))
-    reg.close()
-    db = f"sqlite:///{reg_dir / 'fornalha.db'}"
+    db = registry_with_champion(reg_dir, make_champion(tmp_path))
     srv = RegistryServer(reg_dir, tmp_path, poll=0.3)
     try:
         # no feedback yet: one clear line, exit 2, nothing trained or registered

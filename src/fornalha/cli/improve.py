@@ -8,7 +8,14 @@ from typing import Annotated
 
 import typer
 
-from fornalha.cli.options import LoraOpt, SetOpt, TimeBudgetOpt
+from fornalha.cli.options import (
+    GateMetricOpt,
+    LoraOpt,
+    NoiseMinGainOpt,
+    SetOpt,
+    TimeBudgetOpt,
+    ToleranceOpt,
+)
 
 REFUSED_EXIT = 3  # as `fornalha registry promote`
 
@@ -43,16 +50,9 @@ def improve_command(
         Path | None,
         typer.Option("--val-data", help="Dataset for the bpb check (default: the champion's training data)."),
     ] = None,
-    tolerance: Annotated[
-        float, typer.Option("--tolerance", help="Bits per byte the challenger may lose on validation.")
-    ] = 0.02,
-    metric: Annotated[
-        str, typer.Option("--metric", help="Feedback metric: preference_accuracy or reward_margin.")
-    ] = "preference_accuracy",
-    min_gain: Annotated[
-        float | None,
-        typer.Option("--min-gain", help="Required gain on the metric (default: 1/sqrt(held-out pairs))."),
-    ] = None,
+    tolerance: ToleranceOpt = 0.02,
+    metric: GateMetricOpt = "preference_accuracy",
+    min_gain: NoiseMinGainOpt = None,
     min_pairs: Annotated[
         int, typer.Option("--min-pairs", help="Fewest training preference pairs worth a fine-tune.")
     ] = 10,

@@ -1,4 +1,4 @@
-"""Options several training commands share (`train`, `finetune sft`, `finetune dpo`), written once.
+"""Options several commands share (`train`, `finetune sft|dpo`; the gate of `improve` and `registry promote`), written once.
 
 Each is an `Annotated` type for a typer parameter: ``resume: ResumeOpt = False``.
 """
@@ -31,4 +31,23 @@ LoraOpt = Annotated[
 LoraAlphaOpt = Annotated[
     float | None,
     typer.Option("--lora-alpha", help="LoRA scale numerator: scale = alpha / rank (default 2·rank)."),
+]
+
+# ---- the evaluation gate (`fornalha improve`, `fornalha registry promote`) ----------------------------
+ToleranceOpt = Annotated[
+    float, typer.Option("--tolerance", help="Bits per byte the challenger may lose on validation.")
+]
+GateMetricOpt = Annotated[
+    str, typer.Option("--metric", help="Feedback metric: preference_accuracy or reward_margin.")
+]
+MIN_GAIN_HELP = "Required gain on the feedback metric"
+MinGainOpt = Annotated[float, typer.Option("--min-gain", help=MIN_GAIN_HELP + ".")]
+#: `fornalha improve`'s: no value means the noise level of the held-out set (fornalha.improve.loop).
+NoiseMinGainOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--min-gain",
+        help=MIN_GAIN_HELP + " (default: 1/sqrt(held-out conversations) for preference_accuracy, "
+        "0 for reward_margin).",
+    ),
 ]

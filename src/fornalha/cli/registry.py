@@ -13,6 +13,7 @@ from typing import Annotated
 
 import typer
 
+from fornalha.cli.options import GateMetricOpt, MinGainOpt, ToleranceOpt
 from fornalha.errors import ConfigError
 
 REFUSED_EXIT = 3
@@ -175,15 +176,9 @@ def promote_command(
         Path | None,
         typer.Option("--pairs", help="Held-out preference pairs (JSONL): measure both models on them now."),
     ] = None,
-    tolerance: Annotated[
-        float, typer.Option("--tolerance", help="Bits per byte the challenger may lose on validation.")
-    ] = 0.02,
-    metric: Annotated[
-        str, typer.Option("--metric", help="Feedback metric: preference_accuracy or reward_margin.")
-    ] = "preference_accuracy",
-    min_gain: Annotated[
-        float, typer.Option("--min-gain", help="Required gain on the feedback metric.")
-    ] = 0.0,
+    tolerance: ToleranceOpt = 0.02,
+    metric: GateMetricOpt = "preference_accuracy",
+    min_gain: MinGainOpt = 0.0,
     max_tokens: Annotated[
         int, typer.Option("--max-tokens", help="Validation tokens scored per model.")
     ] = 200_000,
@@ -200,23 +195,13 @@ def promote_command(
 
     Example: fornalha registry promote --registry models/ --val-data data/pt --pairs feedback/heldout_pairs.jsonl
     """
-    from fornalha.improve.gate import GatePolicy, make_gate, measure_on
-    from fornalha.improve.registry import write_report
+    from fornalha.improve.gate import GatePolicy, promote_through_gate
 
     policy = GatePolicy(bpb_tolerance=tolerance, feedback_metric=metric, min_gain=min_gain)
-    reg = _open(registry, db)
-    if val_data is not None or pairs is not None:
-        measure = measure_on(val_data, pairs, max_tokens=max_tokens, max_pairs=max_pairs, device=device)
-        parts = [f"val bpb on {val_data}" if val_data else None, f"pairs from {pairs}" if pairs else None]
-        source = "measured now: " + ", ".join(p for p in parts if p)
-        gate = make_gate(policy, measure, source)
-    else:
-        gate = make_gate(policy)
-    try:
-        decision = reg.promote(version, gate=gate, force=force)
-        write_report(reg)
-    finally:
-        reg.close()
+    decision = promote_through_gate(
+        registry, version, db=db, val_data=val_data, pairs=pairs, policy=policy, max_tokens=max_tokens,
+        max_pairs=max_pairs, device=device, force=force,
+    )  # fmt: skip
     for reason in decision.reasons or []:
         typer.echo(f"  {reason}")
     if decision.promoted:

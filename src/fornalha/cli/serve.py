@@ -162,7 +162,7 @@ def serve_command(
         retriever=retriever, docs_top_k=docs_top_k,
     )  # fmt: skip
     if registry is not None:
-        _serve_registry(app, registry, registry_poll, admin_keys_file, run, device, max_batch)
+        _serve_registry(app, registry, registry_poll, admin_keys_file, run, device, max_batch, db)
     app.state.extra_routers.append(web.router)  # GET / (the chat page) and POST /v1/feedback
     if rec is not None:
         from fornalha.recommend.api import build_router
@@ -195,8 +195,10 @@ def serve_command(
 
 
 def _serve_registry(app, registry: Path, poll: float, admin_keys_file: Path | None, first: Path, device: str,
-                    max_batch: int) -> None:  # fmt: skip
-    """Issue 15: watch the registry's champion alias and mount POST /admin/reload (see serve/swap.py)."""
+                    max_batch: int, db: str | None = None) -> None:  # fmt: skip
+    """Issue 15: watch the registry's champion alias; mount POST /admin/reload and /admin/promote (serve/swap.py)."""
+    import functools
+
     from fornalha.cli.infer import _load_engine
     from fornalha.files import file_sha256
     from fornalha.improve.registry import champion_of
@@ -212,7 +214,12 @@ def _serve_registry(app, registry: Path, poll: float, admin_keys_file: Path | No
         return _load_engine(path, "best", device, "auto", max_batch, prefix_caching=True)[0]
 
     slot = app.state.slot
-    app.state.extra_routers.append(admin_router(slot, admin_keys, lambda: champion_of(registry), load))
+    from fornalha.improve.gate import promote_through_gate
+
+    promote = functools.partial(promote_through_gate, registry, db=db, device=device)  # the CLI's gate
+    app.state.extra_routers.append(
+        admin_router(slot, admin_keys, lambda: champion_of(registry), load, promote)
+    )
     if poll > 0:
         app.state.background.append(lambda _app: watch(slot, lambda: champion_of(registry), load, poll))
 

@@ -243,3 +243,42 @@ def measure_on(
         return out
 
     return measure
+
+
+def promote_through_gate(
+    registry: str | Path,
+    version: str | None = None,
+    *,
+    db: str | None = None,
+    val_data: str | Path | None = None,
+    pairs: str | Path | None = None,
+    policy: GatePolicy | None = None,
+    max_tokens: int | None = 200_000,
+    max_pairs: int | None = 500,
+    device: str = "cpu",
+    force: bool = False,
+    created_by: str | None = None,
+) -> Any:
+    """`fornalha registry promote` and `POST /admin/promote`: the same gate, the same record.
+
+    Promotes `version` (default: the challenger) if the gate passes — measured now on `val_data`
+    and/or `pairs` when given, else on the metrics each version recorded — or when `force`.
+    Returns the recorded `fornalha.improve.registry.Decision`; raises RegistryError for an unknown
+    version or a registry without a challenger. Rewrites REGISTRY/report.html.
+    """
+    from fornalha.improve.registry import Registry, write_report
+
+    policy = policy or GatePolicy()
+    if val_data is not None or pairs is not None:
+        measure = measure_on(val_data, pairs, max_tokens=max_tokens, max_pairs=max_pairs, device=device)
+        parts = [f"val bpb on {val_data}" if val_data else None, f"pairs from {pairs}" if pairs else None]
+        gate = make_gate(policy, measure, "measured now: " + ", ".join(p for p in parts if p))
+    else:
+        gate = make_gate(policy)
+    reg = Registry.open(registry, db)
+    try:
+        decision = reg.promote(version, gate=gate, force=force, created_by=created_by)
+        write_report(reg)
+    finally:
+        reg.close()
+    return decision

@@ -63,6 +63,10 @@ class RegistryError(FornalhaError):
     """A registry that does not exist, a version that is not in it, an impossible promotion."""
 
 
+class UnknownVersionError(RegistryError):
+    """A version id that is not in the registry (HTTP 404 at `POST /admin/promote`)."""
+
+
 def who() -> str:
     """Who is acting: user@host (what `created_by` and decisions record)."""
     try:
@@ -162,7 +166,7 @@ class Registry:
         found = self.data()["versions"].get(vid)
         if found is None:
             known = ", ".join(sorted(self.data()["versions"], key=_number)) or "none"
-            raise RegistryError(f"no version {vid!r} in {self.root} (versions: {known})")
+            raise UnknownVersionError(f"no version {vid!r} in {self.root} (versions: {known})")
         return found
 
     def path(self, vid: str) -> Path:

@@ -30,11 +30,13 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict
 
 from fornalha.infer.engine import Engine
 from fornalha.serve.async_engine import AsyncEngine
 from fornalha.serve.auth import KeyChecker
-from fornalha.serve.errors import APIError
+from fornalha.serve.errors import APIError, error_body
 
 log = logging.getLogger(__name__)
 
@@ -142,13 +144,35 @@ async def watch(
             log.error("registry: %s; still serving %s", exc, slot.current.version)
 
 
+class PromoteRequest(BaseModel):
+    """The body of ``POST /admin/promote`` (all optional): `fornalha registry promote`'s options."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: str | None = None  # default: the challenger
+    force: bool = False
+    val_data: str | None = None  # a dataset folder on the server: measure both models' val bpb now
+    pairs: str | None = None  # held-out preference pairs (JSONL) on the server: measure both now
+    tolerance: float = 0.02
+    metric: str = "preference_accuracy"
+    min_gain: float = 0.0
+    max_tokens: int = 200_000
+    max_pairs: int = 500
+
+
 def admin_router(
     slot: ModelSlot,
     admin_keys: list[str],
     champion: Callable[[], tuple[str, Path] | None],
     load: Callable[[Path], Engine],
+    promote: Callable[..., Any] | None = None,
 ) -> APIRouter:
-    """``POST /admin/reload`` (serve the registry's champion now) and ``GET /admin/status``."""
+    """``POST /admin/reload`` (serve the registry's champion now), ``POST /admin/promote`` and
+    ``GET /admin/status``.
+
+    promote(version, *, policy, val_data, pairs, max_tokens, max_pairs, force, created_by) -> Decision:
+    `fornalha.improve.gate.promote_through_gate` bound to the served registry (None: no /admin/promote).
+    """
     keys = KeyChecker(admin_keys)
 
     async def admin_only(request: Request) -> None:
@@ -185,5 +209,55 @@ def admin_router(
         except SwapError as exc:
             raise APIError(409, f"{exc}; still serving {previous}", code="swap_failed") from None
         return {**status(), "previous": previous, "swapped": swapped}
+
+    if promote is None:
+        return router
+
+    @router.post("/promote", response_model=None)
+    async def promote_version(body: PromoteRequest | None = None) -> dict[str, Any] | JSONResponse:
+        """The gate of `fornalha registry promote` (unless force), the decision recorded, then the switch."""
+        from fornalha.errors import FornalhaError
+        from fornalha.improve.gate import GatePolicy
+        from fornalha.improve.registry import RegistryError, UnknownVersionError
+
+        req = body or PromoteRequest()
+        try:
+            policy = GatePolicy(
+                bpb_tolerance=req.tolerance, feedback_metric=req.metric, min_gain=req.min_gain
+            )
+            decision = await asyncio.to_thread(
+                promote, req.version, policy=policy, val_data=req.val_data, pairs=req.pairs,
+                max_tokens=req.max_tokens, max_pairs=req.max_pairs, force=req.force, created_by="POST /admin/promote",
+            )  # fmt: skip
+        except UnknownVersionError as exc:
+            raise APIError(404, str(exc), "version", code="unknown_version") from None
+        except RegistryError as exc:  # no challenger, already the champion, the champion changed meanwhile
+            raise APIError(409, str(exc), code="promotion_impossible") from None
+        except FornalhaError as exc:  # a bad policy, a missing dataset or pairs file
+            raise APIError(400, str(exc), code="invalid_value") from None
+        record = decision.to_dict()
+        if not decision.promoted:
+            body_ = error_body(409, f"the gate refused {decision.challenger}: {'; '.join(decision.reasons or [])}; "
+                               f"{decision.champion_before} stays the champion", None, "gate_refused")  # fmt: skip
+            return JSONResponse({**body_, "decision": record}, 409)
+        previous = slot.current.version
+        try:
+            swapped = await slot.swap(decision.champion_after, lambda: load(promoted_path(decision)))
+        except SwapError as exc:
+            raise APIError(409, f"{decision.champion_after} was promoted but cannot be served here: {exc}; "
+                           f"still serving {previous}", code="swap_failed") from None  # fmt: skip
+        return {
+            **status(),
+            "object": "admin.promotion",
+            "previous": previous,
+            "swapped": swapped,
+            "decision": record,
+        }
+
+    def promoted_path(decision: Any) -> Path:
+        found = champion()
+        if found is None or found[0] != decision.champion_after:
+            raise SwapError(f"the registry's champion is no longer {decision.champion_after}")
+        return found[1]
 
     return router

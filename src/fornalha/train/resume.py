@@ -31,14 +31,18 @@ import numpy as np
 import torch
 
 from fornalha.checkpoint import (
+    LORA_BASE,
     fold_lora,
     load_checkpoint,
     load_extra,
+    lora_adapters,
+    lora_base_reference,
     prune_checkpoints,
     read_meta,
     save_checkpoint,
     step_checkpoints,
     verify_checkpoint,
+    with_lora_base,
 )
 from fornalha.errors import CheckpointError
 from fornalha.train import distributed as D
@@ -127,10 +131,14 @@ def save_step_checkpoint(run) -> None:
     rng_tensors = {f"{r}.{k}": v for r, s in enumerate(rngs) for k, v in s["tensors"].items()}
     state = run.state
     root = run.dir / "checkpoints"
+    meta = checkpoint_meta(run.raw_model, state, run.cfg, state.last_eval, run.init_meta)
+    adapters = lora_adapters(weights)
+    if adapters and run.init_meta is not None:  # LoRA: the frozen weights are the base's, by reference
+        weights, meta[LORA_BASE] = adapters, lora_base_reference(run.init_meta)
     save_checkpoint(
         root / f"step-{state.step:06d}",
         weights,
-        checkpoint_meta(run.raw_model, state, run.cfg, state.last_eval, run.init_meta),
+        meta,
         extra_tensors={"optimizer": opt_tensors, "rng": rng_tensors},
         extra_json={
             "optimizer": opt_json,
@@ -232,6 +240,7 @@ def choose_checkpoint(root: Path, restart: bool, say=print) -> Path | None:
 def restore_weights(ckpt: Path, model) -> None:
     """Load a step checkpoint's weights into the (not yet sharded or wrapped) model."""
     weights, meta = load_checkpoint(ckpt)
+    weights = with_lora_base(weights, meta)  # an adapter-only LoRA checkpoint: the base's weights + adapters
     if meta["model_config"] != model.config.to_dict():
         changed = sorted(k for k, v in model.config.to_dict().items() if meta["model_config"].get(k) != v)
         raise CheckpointError(
