@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -26,26 +27,29 @@ class Server:
 
     def __init__(
         self,
-        run: Path,
+        run: Path | None,
         *args: str,
         key: str,
         env: dict[str, str] | None = None,
         model_name: str = "tiny",
         timeout: float = 90,
     ) -> None:
+        """run: `--run RUN` (None: the source is in args, e.g. `--registry REG`)."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         full_env = {**os.environ, "FORNALHA_API_KEYS": key, "OMP_NUM_THREADS": "1", "FORNALHA_NO_KERNELS": "1",
                     **(env or {})}  # fmt: skip
-        cmd = [sys.executable, "-m", "fornalha.cli", "serve", "--run", str(run), "--port", str(self.port),
+        source = ["--run", str(run)] if run is not None else []
+        cmd = [sys.executable, "-m", "fornalha.cli", "serve", *source, "--port", str(self.port),
                "--model-name", model_name, "--device", "cpu", *args]  # fmt: skip
-        self.proc = subprocess.Popen(
-            cmd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
+        # The server's output goes to a file: a pipe nobody reads would block a chatty server.
+        self.log_path = Path(tempfile.mkstemp(prefix="fornalha-serve-", suffix=".log")[1])
+        with self.log_path.open("wb") as log:
+            self.proc = subprocess.Popen(cmd, env=full_env, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited: {self.proc.stderr.read()}")
+                raise RuntimeError(f"server exited: {self.stderr()}")
             try:
                 if httpx.get(self.url + "/ready", timeout=1).status_code == 200:
                     return
@@ -53,7 +57,7 @@ class Server:
                 pass
             time.sleep(0.2)
         self.stop()
-        raise RuntimeError("server did not become ready")
+        raise RuntimeError(f"server did not become ready: {self.stderr()[-2000:]}")
 
     def stop(self, timeout: float = 30) -> int:
         """SIGTERM (a clean drain), then SIGKILL after `timeout` seconds; the exit code."""
@@ -66,8 +70,8 @@ class Server:
             return self.proc.wait()
 
     def stderr(self) -> str:
-        """What the server printed on stderr (read once it has stopped)."""
-        return self.proc.stderr.read() if self.proc.stderr else ""
+        """What the server has printed so far (stdout and stderr)."""
+        return self.log_path.read_text(errors="replace")
 
     def rss_kib(self) -> int:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():

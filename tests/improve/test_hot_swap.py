@@ -7,10 +7,6 @@ the middle of 8 concurrent streams drops nothing and never mixes two versions in
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 
@@ -18,8 +14,9 @@ import httpx
 import openai
 import pytest
 import sqlalchemy as sa
-from improve_helpers import SRC, fornalha
+from improve_helpers import fornalha
 
+import live_server
 from fornalha.improve.registry import Registry
 
 KEY, ADMIN = "sk-user-1", "sk-admin-1"
@@ -27,35 +24,12 @@ N_TOKENS = 120  # long enough that streams are in flight during the switch
 PROMPTS = ["the fox", "lazy dog", "0123", "ABC", "é ü ç", "jumps", "over", "quick"]
 
 
-class RegistryServer:
-    """`fornalha serve --registry REG` in a subprocess on a free loopback port."""
+class RegistryServer(live_server.Server):
+    """`fornalha serve --registry REG` in a subprocess on a free loopback port (tests/live_server.py)."""
 
     def __init__(self, reg, tmp, poll: float = 0.3) -> None:
-        import socket
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "PYTHONPATH": SRC, "FORNALHA_API_KEYS": KEY, "FORNALHA_ADMIN_KEYS": ADMIN,
-               "FORNALHA_NO_KERNELS": "1", "OMP_NUM_THREADS": "1"}  # fmt: skip
-        self.log = open(tmp / "server.log", "wb")  # noqa: SIM115
-        cmd = [sys.executable, "-m", "fornalha.cli", "serve", "--registry", str(reg), "--port", str(self.port),
-               "--device", "cpu", "--model-name", "tiny", "--max-batch", "8", "--registry-poll", str(poll)]  # fmt: skip
-        self.proc = subprocess.Popen(cmd, env=env, stdout=self.log, stderr=subprocess.STDOUT)
-        self.tmp = tmp
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError((tmp / "server.log").read_text())
-            try:
-                if httpx.get(self.url + "/ready", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise RuntimeError("server did not become ready")
+        super().__init__(None, "--registry", str(reg), "--max-batch", "8", "--registry-poll", str(poll), key=KEY,
+                         env={"FORNALHA_ADMIN_KEYS": ADMIN})  # fmt: skip
 
     def client(self) -> openai.OpenAI:
         return openai.OpenAI(base_url=self.url + "/v1", api_key=KEY, max_retries=0, timeout=60)
@@ -68,17 +42,6 @@ class RegistryServer:
         while self.version() != want:
             assert time.monotonic() < deadline, f"still serving {self.version()}, expected {want}"
             time.sleep(0.1)
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait()
-        finally:
-            self.log.close()
 
 
 def ask(client: openai.OpenAI, prompt: str, n: int = 24) -> tuple[str, str]:
