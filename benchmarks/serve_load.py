@@ -206,7 +206,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="random 2-layer toy, 1 and 4 clients, short answers")
     ap.add_argument("--natural-length", action="store_true", help="answers may stop at the end token")
     ap.add_argument("--clients", type=int, nargs="+", default=None)
-    ap.add_argument("--requests", type=int, default=None, help="requests per client (default 2; quick 1)")
+    ap.add_argument("--requests", type=int, default=None, help="requests per client (default 6; quick 1)")
     ap.add_argument("--max-tokens", type=int, default=None, help="tokens per answer (default 64; quick 8)")
     ap.add_argument("--max-batch", type=int, default=16)
     ap.add_argument("--device", default="cpu")
@@ -214,7 +214,7 @@ def main() -> None:
     ap.add_argument("--no-llamacpp", action="store_true")
     args = ap.parse_args()
     levels = args.clients or ([1, 4] if args.quick else [1, 4, 16, 64])
-    args.requests = args.requests or (1 if args.quick else 2)
+    args.requests = args.requests or (1 if args.quick else 6)
     args.max_tokens = args.max_tokens or (8 if args.quick else 64)
 
     tmp = Path(tempfile.mkdtemp(prefix="serve-load-"))
