@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from fornalha.model.gpt import softcap
 from fornalha.recommend.data import RecData, SequenceLoader, pad_right, split_leave_one_out
 from fornalha.recommend.metrics import KS, hit_ndcg, target_ranks
 
@@ -53,6 +54,30 @@ def preset_overrides(name: str) -> list[str]:
     return [f"{k}={json.dumps(v)}" for k, v in PRESETS[name].items()]
 
 
+def hidden_states(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """[B, T, C] final hidden states (after the last norm): the GPT's forward pass without its head.
+    In training mode the item embeddings get the model's dropout too (SASRec drops them as well)."""
+    T = x.size(1)
+    h = model.wte(x)
+    if model.training:
+        h = F.dropout(h, model.config.dropout)
+    cos, sin = model.rope_cos[:T], model.rope_sin[:T]
+    for block in model.blocks:
+        h = block(h, cos, sin)
+    return model.norm_f(h)
+
+
+def next_item_loss(model: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Mean next-item cross-entropy over the real (non-padding) positions of every history:
+    the head runs only where there is a target, not over the padding."""
+    x, y = batch
+    if not hasattr(model, "wte"):  # wrapped (data-parallel): the plain forward keeps gradient sync
+        return model(x, y)[1]
+    keep = y >= 0
+    logits = softcap(model.lm_head(hidden_states(model, x)[keep]), model.config.logit_softcap)
+    return F.cross_entropy(logits.float(), y[keep])
+
+
 @torch.no_grad()
 def score_histories(
     model: torch.nn.Module, histories: list[list[int]], batch_size: int = 256
@@ -60,13 +85,16 @@ def score_histories(
     """[U, V] next-item logits for each history (the last block_size items of it), on the CPU."""
     block = model.config.block_size
     device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
     out = []
     for i in range(0, len(histories), batch_size):
         chunk = [h[-block:] for h in histories[i : i + batch_size]]
         x = pad_right(chunk).to(device)
         last = torch.tensor([len(h) - 1 for h in chunk], device=device)
-        logits, _ = model(x)
-        out.append(logits[torch.arange(len(chunk), device=device), last].float().cpu())
+        h = hidden_states(model, x)[torch.arange(len(chunk), device=device), last]  # last real position
+        out.append(softcap(model.lm_head(h), model.config.logit_softcap).float().cpu())
+    model.train(was_training)
     return torch.cat(out)
 
 
@@ -101,6 +129,7 @@ def recommend_task(data: RecData, cfg, data_dir: Path, max_eval_users: int = 300
     return Task(
         train_loader=loader,
         evaluate=evaluate,
+        loss_fn=next_item_loss,
         batch_tokens=lambda batch: int((batch[1] >= 0).sum()),
         best_metric="ndcg@10",
         best_mode="max",
