@@ -3,6 +3,11 @@
 For every user of DATA_DIR: history = training items + validation item, target = test item,
 candidates = every item the user does not already have. The baselines are fitted on exactly
 those histories (no test item), so all four see the same information.
+
+Cold start, measured separately (content.py): the data folder's cold users (histories of cold items
+only, at least 2 items) — history = all but the last item, target = the last — ranked by the
+content path (text embedding of a language model, `lm_run`) and by popularity (over the prepared
+users' items and the cold users' histories), both over every catalogue item outside the history.
 """
 
 from __future__ import annotations
@@ -16,8 +21,10 @@ from fornalha.recommend.metrics import KS
 from fornalha.recommend.model import ranking_metrics, score_histories
 
 
-def evaluate_run(run_dir: Path, data_dir: Path, k: int = 10, chunk: int = 1024, say=print) -> dict:
-    """The eval JSON: users, the model's hr@K/ndcg@K and each baseline's, for K in 5, 10, 20 (and k)."""
+def evaluate_run(run_dir: Path, data_dir: Path, k: int = 10, chunk: int = 1024, say=print,
+                 lm_run: Path | None = None) -> dict:  # fmt: skip
+    """The eval JSON: users, the model's hr@K/ndcg@K and each baseline's, for K in 5, 10, 20 (and k);
+    `cold_users`, `cold_items` and, with `lm_run`, the cold users' `cold_content_…` / `cold_popularity_…`."""
     from fornalha.checkpoint import load_model
     from fornalha.errors import DataError
 
@@ -55,7 +62,32 @@ def evaluate_run(run_dir: Path, data_dir: Path, k: int = 10, chunk: int = 1024, 
     best = max(result[f"{c.name}_ndcg@10"] for c in BASELINES)
     result["best_baseline_ndcg@10"] = best
     result["ndcg@10_vs_best_baseline"] = result["ndcg@10"] / best if best > 0 else None
+    result.update({"cold_users": len(data.cold_users), "cold_items": len(data.cold)})
+    if lm_run is not None:
+        result.update(evaluate_cold_users(run_dir, data, lm_run, ks))
     return result
+
+
+def evaluate_cold_users(run_dir: Path, data, lm_run: Path, ks) -> dict:
+    """The cold users' figures for the content path and for popularity (see the module docstring)."""
+    from collections import Counter
+
+    from fornalha.recommend.content import evaluate_cold, lm_embedder
+    from fornalha.recommend.recommender import Recommender
+
+    t0 = time.perf_counter()
+    rec = Recommender(run_dir)
+    rec.titles, rec.genres = {**data.titles, **rec.titles}, {**data.genres, **rec.genres}
+    embed, key = lm_embedder(lm_run)
+    rec.use_text_model(embed, key, extra_cold=data.cold)
+    assert rec.content is not None
+    pop = Counter(data.items[t - 1] for seq in data.sequences for t in seq)
+    pop.update(it for seq in data.cold_users for it in seq[:-1])
+    out: dict = {"cold_text_model": str(lm_run), "cold_catalogue": len(rec.content.items)}
+    if data.cold_users:
+        out.update(evaluate_cold(rec.content, data.cold_users, pop, ks))
+    out["cold_s"] = round(time.perf_counter() - t0, 2)
+    return out
 
 
 def table(result: dict, k: int = 10) -> list[list[str]]:

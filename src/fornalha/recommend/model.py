@@ -138,6 +138,7 @@ def recommend_task(data: RecData, cfg, data_dir: Path, max_eval_users: int = 300
             "items.json": {
                 "format": "fornalha-items",
                 "items": data.items,
+                "cold": data.cold,
                 "titles": data.titles,
                 "genres": data.genres,
             },
