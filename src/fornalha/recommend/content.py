@@ -70,8 +70,13 @@ def item_vectors(items: list[str], texts: list[str], embed: Embedder, key: str,
         if cache is not None:
             ids = list(have)
             tmp = cache.with_name(cache.name + ".tmp.npz")
-            np.savez(tmp, key=np.array(key), items=np.array(ids), vectors=np.stack([have[i] for i in ids]))
-            tmp.replace(cache)
+            try:
+                np.savez(
+                    tmp, key=np.array(key), items=np.array(ids), vectors=np.stack([have[i] for i in ids])
+                )
+                tmp.replace(cache)
+            except OSError:  # a read-only run folder: embed again next time
+                pass
     return np.stack([have[it] for it in items]).astype(np.float32)
 
 
