@@ -30,6 +30,23 @@ def write_planted(path: Path, users: int = 120, seed: int = 0) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
+# Cold start: four users with 2-3 ratings (under --min-interactions 5) of items nobody else rated; they
+# are cold items (not in the model's vocabulary) and these are the cold users. Titles plant text
+# similarity: X1 and X2 share a long title, X3 and X4 are digits (the tiny LM's char tokenizer has them).
+COLD_USERS = {"900": ["X1", "X2"], "901": ["X2", "X1"], "902": ["X3", "X4"], "903": ["X4", "X3", "A0"]}
+COLD_TITLES = {"X1": "the quick brown fox", "X2": "the quick brown fox jumps", "X3": "0123456789",
+               "X4": "9876543210"}  # fmt: skip
+
+
+def write_cold(ratings: Path, items: Path) -> None:
+    """Append the cold users to a ratings file and write an items file with the cold items' titles."""
+    with open(ratings, "a") as f:
+        for u, seq in COLD_USERS.items():
+            for i, item in enumerate(seq):
+                f.write(f"{u}::{item}::7::{3_000_000 + i}\n")
+    items.write_text("".join(f"{k}::{v}::Drama\n" for k, v in COLD_TITLES.items()))
+
+
 @pytest.fixture
 def planted(tmp_path: Path) -> Path:
     p = tmp_path / "ratings.dat"
@@ -57,7 +74,18 @@ def fornalha(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 def trained(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("rec")
     write_planted(root / "ratings.dat")
-    fornalha("recommend", "prepare", "--ratings", str(root / "ratings.dat"), "--out", str(root / "data"))
+    write_cold(root / "ratings.dat", root / "items.dat")
+    fornalha("recommend", "prepare", "--ratings", str(root / "ratings.dat"), "--items", str(root / "items.dat"),
+             "--out", str(root / "data"))  # fmt: skip
     sets = [a for s in TINY for a in ("--set", s)]
     fornalha("recommend", "train", "--data", str(root / "data"), "--out", str(root / "run"), *sets)
     return root / "run", root / "data"
+
+
+@pytest.fixture(scope="session")
+def lm_run(tmp_path_factory) -> Path:
+    """The smallest language-model run the server accepts (random weights, char tokenizer): its text
+    embedding is what the cold-start path uses."""
+    from tests.store.conftest import tiny_run
+
+    return tiny_run(tmp_path_factory.mktemp("lm"))

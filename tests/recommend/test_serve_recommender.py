@@ -1,6 +1,7 @@
 """The recommender through `fornalha serve --run LM --recommender REC` (the serve helper's CLI).
 
-It needs a language-model run too; `lm_run` is a tiny random one (the recommender does not use it).
+It needs a language-model run too; `lm_run` is a tiny random one, whose text embedding (the one
+`/v1/embeddings` returns) answers histories of cold items only.
 """
 
 from __future__ import annotations
@@ -12,14 +13,6 @@ import sys
 import time
 
 import httpx
-import pytest
-from tests.store.conftest import tiny_run
-
-
-@pytest.fixture(scope="module")
-def lm_run(tmp_path_factory):
-    """The smallest language-model run the server accepts (random weights, char tokenizer)."""
-    return tiny_run(tmp_path_factory.mktemp("lm"))
 
 
 def test_serve_with_recommender(lm_run, trained):
@@ -39,6 +32,11 @@ def test_serve_with_recommender(lm_run, trained):
                 assert proc.poll() is None and time.time() < deadline, "fornalha serve did not start"
                 time.sleep(0.5)
         assert r.status_code == 200 and r.json()["data"][0]["item"] == "B4"
+        assert r.json()["source"] == "model"
+        cold = httpx.post(url, json={"history": ["X1"], "k": 3}, timeout=10)
+        assert cold.status_code == 200 and cold.json()["source"] == "content", cold.text
+        assert cold.json()["data"][0] == {"item": "X2", "score": cold.json()["data"][0]["score"],
+                                          "title": "the quick brown fox jumps"}  # fmt: skip
         bad = httpx.post(url, json={"history": ["A4", "nope"]}, timeout=10)
         assert bad.status_code == 400 and "nope" in bad.json()["error"]["message"]
     finally:

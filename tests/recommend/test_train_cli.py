@@ -32,6 +32,9 @@ def test_eval_json_and_baselines(trained):
                 "als_ndcg@10", "hr@5", "ndcg@20"):  # fmt: skip
         assert key in res
     assert res["users"] == 120
+    lo, hi = res["ndcg@10_vs_best_baseline_ci95"]  # paired bootstrap over users
+    assert lo <= res["ndcg@10_vs_best_baseline"] <= hi
+    assert res["best_baseline_ndcg@10"] == res[f"{res['best_baseline']}_ndcg@10"]
     # the test item follows the rule for users whose last pair is (A, B): the model must beat popularity
     assert res["ndcg@10"] > res["popularity_ndcg@10"]
 

@@ -25,6 +25,10 @@ def prepare_command(
     min_interactions: Annotated[
         int, typer.Option("--min-interactions", help="Keep users with this many.")
     ] = 5,
+    min_item_interactions: Annotated[
+        int,
+        typer.Option("--min-item-interactions", help="Items with fewer are cold (content fallback only)."),
+    ] = 1,
     vocab_from: Annotated[
         Path | None, typer.Option("--vocab-from", help="Use this run's item vocabulary (new users).")
     ] = None,
@@ -36,12 +40,12 @@ def prepare_command(
     """
     from fornalha.recommend.data import prepare
 
-    man = prepare(
-        ratings, out, items_file=items, fmt=fmt, min_interactions=min_interactions, vocab_from=vocab_from
-    )
+    man = prepare(ratings, out, items_file=items, fmt=fmt, min_interactions=min_interactions,
+                  min_item_interactions=min_item_interactions, vocab_from=vocab_from)  # fmt: skip
     typer.echo(
         f"{man['users']} users, {man['items']} items, {man['interactions']} interactions "
-        f"(dropped: {man['dropped']}) -> {out}"
+        f"(dropped: {man['dropped']}); cold start: {man['cold_items']} cold items, "
+        f"{man['cold_users']} cold users -> {out}"
     )
     typer.echo(json.dumps(man))
 
@@ -72,8 +76,13 @@ def eval_command(
     run: Annotated[Path, typer.Option("--run", help="Trained recommender run folder.")],
     data: Annotated[Path, typer.Option("--data", help="Prepared data folder (same item vocabulary).")],
     k: Annotated[int, typer.Option("--k", help="Cut-off also reported besides 5, 10, 20.")] = 10,
+    lm_run: Annotated[
+        Path | None,
+        typer.Option("--lm-run", help="Language-model run whose text embedding answers cold users."),
+    ] = None,
 ) -> None:
-    """Full-ranking HR/NDCG of the model and of popularity, item-kNN and ALS on the same users."""
+    """Full-ranking HR/NDCG of the model and of popularity, item-kNN and ALS on the same users;
+    with --lm-run, also the cold users' content fallback against popularity (cold_… keys)."""
     from rich.console import Console
     from rich.table import Table
 
@@ -83,14 +92,21 @@ def eval_command(
         from fornalha.errors import ConfigError
 
         raise ConfigError(f"--k must be at least 1, got {k}")
-    result = evaluate_run(run, data, k)
+    result = evaluate_run(run, data, k, lm_run=lm_run)
     ks = sorted({5, 10, 20, k})
     tab = Table(title=f"{result['users']} users, {result['items']} items, full ranking, seen items excluded")
     for col in ["method"] + [f"{m}@{kk}" for kk in ks for m in ("HR", "NDCG")]:
         tab.add_column(col)
     for row in table(result, k):
         tab.add_row(*row)
-    Console(stderr=True).print(tab)
+    console = Console(stderr=True)
+    console.print(tab)
+    if "cold_content_ndcg@10" in result:
+        console.print(
+            f"cold start: {result['cold_users']} users with cold-only histories — content (text embedding) "
+            f"HR@10 {result['cold_content_hr@10']:.4f} NDCG@10 {result['cold_content_ndcg@10']:.4f}; popularity "
+            f"HR@10 {result['cold_popularity_hr@10']:.4f} NDCG@10 {result['cold_popularity_ndcg@10']:.4f}"
+        )
     typer.echo(json.dumps(result))
 
 
@@ -100,14 +116,23 @@ def predict_command(
     history: Annotated[list[str], typer.Option("--history", help="An item id, oldest first (repeatable).")],
     k: Annotated[int, typer.Option("--k", help="How many items.")] = 10,
     include_seen: Annotated[bool, typer.Option("--include-seen", help="Allow items of the history.")] = False,
+    lm_run: Annotated[
+        Path | None,
+        typer.Option("--lm-run", help="Language-model run for cold-only histories (item text embedding)."),
+    ] = None,
 ) -> None:
     """The next items for a history. Example: fornalha recommend predict --run runs/rec --history 0114709"""
     from fornalha.recommend.recommender import Recommender
 
-    recs = Recommender(run).recommend(history, k, exclude_seen=not include_seen)
-    for i, r in enumerate(recs, 1):
+    rec = Recommender(run)
+    if lm_run is not None:
+        from fornalha.recommend.content import lm_embedder
+
+        rec.use_text_model(*lm_embedder(lm_run))
+    ans = rec.answer(history, k, exclude_seen=not include_seen)
+    for i, r in enumerate(ans["data"], 1):
         typer.echo(f"{i:>3}. {r['item']}  {r['score']:.3f}  {r.get('title', '')}", err=True)
-    typer.echo(json.dumps({"data": recs}))
+    typer.echo(json.dumps(ans))
 
 
 def register(app: typer.Typer) -> None:

@@ -72,7 +72,8 @@ def serve_command(
         _opt(
             "--recommender",
             "FORNALHA_RECOMMENDER",
-            "A `fornalha recommend train` run: adds POST /v1/recommendations.",
+            "A `fornalha recommend train` run: adds POST /v1/recommendations (cold-only histories are "
+            "answered from item text embedded by the served language model).",
         ),
     ] = None,
     docs: Annotated[
@@ -154,6 +155,11 @@ def serve_command(
     passages = _read_docs(docs, retrieval, docs_top_k)
     engine, tokenizer = _load_engine(run, "best", device, "auto", max_batch, prefix_caching=True)
     retriever = _docs_retriever(passages, retrieval, engine, tokenizer)
+    if rec is not None:  # cold-only histories: nearest items by this LM's text embedding (/v1/embeddings)
+        from fornalha.assistant import engine_embedder
+        from fornalha.recommend.content import lm_key
+
+        rec.use_text_model(engine_embedder(engine, tokenizer), lm_key(run))
     store = Store(db or f"sqlite:///{run.resolve() / 'serve.db'}", log_prompts=not no_log_prompts)
     name = model_name or run.resolve().name
     app = create_app(

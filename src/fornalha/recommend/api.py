@@ -1,7 +1,10 @@
 """`POST /v1/recommendations`: the recommender over HTTP, as a FastAPI router any app can include.
 
     request  {"history": ["0114709", ...], "k": 10, "exclude_seen": true}
-    response {"object": "list", "data": [{"item", "score", "probability", "title"?}, ...], "model": RUN}
+    response {"object": "list", "source": "model" | "content", "data": [{"item", "score", "probability"?,
+              "title"?}, ...], "model": RUN}
+"source" says which path answered: the GPT, or (a history of cold items only) the nearest items by
+the language model's text embedding (content.py).
 Errors are OpenAI-shaped 400s, {"error": {"message", "type", "param", "code"}}; an unknown item id
 is named in the message and listed in "unknown_items". The body is validated here (not by
 FastAPI's 422 handler), so the router behaves the same in whatever app includes it.
@@ -51,11 +54,11 @@ def build_router(recommender: Recommender) -> APIRouter:
             return error(f"{param}: {first['msg']}", param, "invalid_value")
         try:
             async with lock:
-                data = await asyncio.to_thread(recommender.recommend, req.history, req.k, req.exclude_seen)
+                ans = await asyncio.to_thread(recommender.answer, req.history, req.k, req.exclude_seen)
         except UnknownItems as exc:
             return error(str(exc), "history", "unknown_item", unknown_items=exc.unknown)
         except FornalhaError as exc:
             return error(str(exc), None, "invalid_value")
-        return {"object": "list", "model": str(recommender.run_dir), "data": data}
+        return {"object": "list", "model": str(recommender.run_dir), **ans}
 
     return router

@@ -5,12 +5,19 @@ Algorithm:
      or a CSV with user, item and timestamp columns; ids stay strings (leading zeros matter);
   2. order each user's items by time (ties keep file order), keep a user's first rating of an item;
   3. keep users with at least `min_interactions` items;
-  4. item vocabulary: token 0 is padding, items are 1..N (most popular first); with `vocab_from`
-     the vocabulary of an existing run is used and unknown items are counted and dropped;
-  5. leave-one-out: the last item is the test target, the second-to-last the validation target,
+  4. item vocabulary: token 0 is padding, items are 1..N (most popular first): the items with at
+     least `min_item_interactions` among the kept users (the others are removed from the sequences,
+     and users left under `min_interactions` dropped); with `vocab_from` the vocabulary of an
+     existing run is used and unknown items are counted and dropped;
+  5. cold start (content.py): every other item of the ratings file is *cold*; its id (and title,
+     genres) is kept aside, and the users of the file whose history (all but the last item) holds
+     only cold items, with at least 2 items, are the *cold users* the content fallback is measured on;
+  6. leave-one-out: the last item is the test target, the second-to-last the validation target,
      everything before it is training history.
 
-DATA_DIR/items.json      {"format": "fornalha-items", "items": [id, ...] (token i+1), "titles": {...}, "genres": {...}}
+DATA_DIR/items.json      {"format": "fornalha-items", "items": [id, ...] (token i+1), "titles": {...}, "genres": {...},
+                          "cold": [id, ...] (no token; titles and genres of these too)}
+DATA_DIR/cold_users.jsonl {"user": id, "items": [item id, ...]} in time order (cold-only history + last item)
 DATA_DIR/sequences.jsonl {"user": id, "items": [token, ...]} in time order (whole sequence)
 DATA_DIR/manifest.json   counts, the command's settings, dropped rows per reason
 """
@@ -20,7 +27,7 @@ from __future__ import annotations
 import csv
 import json
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +49,8 @@ class RecData:
     users: list[str]
     sequences: list[list[int]]  # token ids in time order, one list per user
     manifest: dict
+    cold: list[str] = field(default_factory=list)  # items outside the vocabulary (content fallback)
+    cold_users: list[list[str]] = field(default_factory=list)  # item ids in time order, cold-only history
 
     @property
     def vocab_size(self) -> int:
@@ -142,11 +151,14 @@ def prepare(
     items_file: Path | None = None,
     fmt: str = "movietweetings",
     min_interactions: int = 5,
+    min_item_interactions: int = 1,
     vocab_from: Path | None = None,
 ) -> dict:
     """Write DATA_DIR (see the module docstring); returns the manifest."""
     if min_interactions < 3:
         raise DataError("--min-interactions must be at least 3 (train, validation and test items)")
+    if min_item_interactions < 1:
+        raise DataError("--min-item-interactions must be at least 1")
     if out.exists() and any(out.iterdir()) and not _is_recsys_data(out):  # never overwrite others' files
         raise DataError(f"--out {out} exists and is not a recommend data folder; choose another")
     rows = read_interactions(ratings, fmt)
@@ -163,7 +175,9 @@ def prepare(
         by_user.setdefault(user, []).append(item)
 
     titles, genres = read_items(items_file) if items_file else ({}, {})
-    dropped_unknown = 0
+    all_items = {it for seq in by_user.values() for it in seq}
+    raw = dict(by_user)  # before any item is removed: the cold users are found in it
+    dropped_unknown = dropped_rare = 0
     if vocab_from is not None:
         vocab = load_vocab(vocab_from)
         known = set(vocab["items"])
@@ -174,6 +188,12 @@ def prepare(
             kept = [it for it in seq if it in known]
             dropped_unknown += len(seq) - len(kept)
             by_user[user] = kept
+    if vocab_from is None and min_item_interactions > 1:
+        counts = Counter(it for s in by_user.values() if len(s) >= min_interactions for it in s)
+        for user, seq in by_user.items():
+            kept = [it for it in seq if counts[it] >= min_item_interactions]
+            dropped_rare += (len(seq) - len(kept)) if len(seq) >= min_interactions else 0
+            by_user[user] = kept
     users = sorted((u for u, s in by_user.items() if len(s) >= min_interactions), key=_user_key)
     if not users:
         raise DataError(f"no user has at least {min_interactions} interactions in {ratings}")
@@ -181,14 +201,21 @@ def prepare(
         counts = Counter(it for u in users for it in by_user[u])
         items = sorted(counts, key=lambda it: (-counts[it], it))
     token = {item: i + 1 for i, item in enumerate(items)}
+    cold = sorted(all_items - set(items))
+    cold_set = set(cold)
+    cold_users = sorted((u for u, s in raw.items() if len(s) >= 2 and all(it in cold_set for it in s[:-1])),
+                        key=_user_key)  # fmt: skip
 
     out.mkdir(parents=True, exist_ok=True)
-    kept_items = set(items)
+    kept_items = set(items) | cold_set
     _write_json(out / "items.json", {
-        "format": "fornalha-items", "items": items,
+        "format": "fornalha-items", "items": items, "cold": cold,
         "titles": {k: v for k, v in titles.items() if k in kept_items},
         "genres": {k: v for k, v in genres.items() if k in kept_items},
     })  # fmt: skip
+    with open(out / "cold_users.jsonl", "w") as f:
+        for u in cold_users:
+            f.write(json.dumps({"user": u, "items": raw[u]}) + "\n")
     with open(out / "sequences.jsonl", "w") as f:
         for u in users:
             f.write(json.dumps({"user": u, "items": [token[it] for it in by_user[u]]}) + "\n")
@@ -196,10 +223,11 @@ def prepare(
     manifest = {
         "format": "fornalha-recsys-data", "version": 1, "ratings": str(ratings), "format_in": fmt,
         "items_file": str(items_file) if items_file else None, "min_interactions": min_interactions,
-        "vocab_from": str(vocab_from) if vocab_from else None,
+        "min_item_interactions": min_item_interactions, "vocab_from": str(vocab_from) if vocab_from else None,
         "rows": len(rows), "users": len(users), "items": len(items), "interactions": n_inter,
         "dropped": {"repeated_user_item": repeats, "unknown_items": dropped_unknown,
-                    "users_below_min": len(by_user) - len(users)},
+                    "rare_items": dropped_rare, "users_below_min": len(by_user) - len(users)},
+        "cold_items": len(cold), "cold_users": len(cold_users),
         "density": n_inter / (len(users) * max(len(items), 1)),
     }  # fmt: skip
     _write_json(out / "manifest.json", manifest)
@@ -243,8 +271,12 @@ def load_data(data_dir: Path) -> RecData:
             rec = json.loads(line)
             users.append(rec["user"])
             seqs.append(rec["items"])
+    cold_users = []
+    if (data_dir / "cold_users.jsonl").is_file():
+        with open(data_dir / "cold_users.jsonl") as f:
+            cold_users = [json.loads(line)["items"] for line in f if line.strip()]
     return RecData(vocab["items"], vocab.get("titles", {}), vocab.get("genres", {}), users, seqs,
-                   json.loads(man.read_text()))  # fmt: skip
+                   json.loads(man.read_text()), vocab.get("cold", []), cold_users)  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------

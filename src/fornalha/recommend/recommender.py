@@ -1,4 +1,11 @@
-"""A trained recommender, ready to answer: item ids in, ranked item ids (with scores, titles) out."""
+"""A trained recommender, ready to answer: item ids in, ranked item ids (with scores, titles) out.
+
+Which path answers (`source` in every answer):
+    "model"    the history holds at least one item of the model's vocabulary: the GPT scores the next
+               item from those (cold items in the history are skipped, and still never recommended);
+    "content"  the history holds only cold items (content.py): nearest items by the language model's
+               text embedding; needs `use_text_model` (predict/eval --lm-run, or the served LM).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +14,7 @@ from pathlib import Path
 import torch
 
 from fornalha.errors import DataError
+from fornalha.recommend.content import CACHE, ContentIndex, Embedder, item_text, item_vectors
 from fornalha.recommend.data import load_vocab
 from fornalha.recommend.model import score_histories
 
@@ -27,19 +35,59 @@ class Recommender:
         vocab = load_vocab(self.run_dir)
         self.items: list[str] = vocab["items"]
         self.titles: dict[str, str] = vocab.get("titles", {})
+        self.genres: dict[str, str] = vocab.get("genres", {})
+        self.cold: set[str] = set(vocab.get("cold", []))
         self.token = {item: i + 1 for i, item in enumerate(self.items)}
         self.model, self.meta = load_model(self.run_dir, device=device)
+        self.content: ContentIndex | None = None
+        self.text_model: str | None = None
 
-    def recommend(self, history: list[str], k: int = 10, exclude_seen: bool = True) -> list[dict]:
-        """The k best next items for a history (oldest first): [{"item", "score", "title"?}, ...]."""
+    def use_text_model(self, embed: Embedder, key: str, extra_cold: list[str] | None = None) -> None:
+        """Embed every item's text (warm and cold; cached in RUN/content_vectors.npz for `key`), which
+        enables the content path for cold-only histories. `extra_cold`: more cold items (e.g. from a
+        data folder prepared with --vocab-from) to add to the catalogue."""
+        self.cold |= set(extra_cold or [])
+        catalogue = self.items + sorted(self.cold - set(self.items))
+        texts = [item_text(it, self.titles, self.genres) for it in catalogue]
+        self.content = ContentIndex(
+            catalogue, item_vectors(catalogue, texts, embed, key, self.run_dir / CACHE)
+        )
+        self.text_model = key
+
+    def answer(self, history: list[str], k: int = 10, exclude_seen: bool = True) -> dict:
+        """{"source": "model" | "content", "data": [...]} (see the module docstring)."""
+        self._check(history, k)
+        if any(h in self.token for h in history):
+            return {"source": "model", "data": self._from_model(history, k, exclude_seen)}
+        if self.content is None:
+            raise DataError(
+                "the history holds only cold items (too few interactions for the model); their content "
+                "fallback needs a language model (predict --lm-run LM_RUN, or serve with --recommender)"
+            )
+        recs = self.content.recommend(history, k, exclude_seen)
+        return {"source": "content", "data": [self._row(it, round(sc, 5)) for it, sc in recs]}
+
+    def _row(self, item: str, score: float, **extra) -> dict:
+        rec = {"item": item, "score": score, **extra}
+        if item in self.titles:
+            rec["title"] = self.titles[item]
+        return rec
+
+    def _check(self, history: list[str], k: int) -> None:
         if not history:
             raise DataError("history is empty: give at least one item id")
         if k < 1:
             raise DataError(f"k must be at least 1, got {k}")
-        unknown = [h for h in dict.fromkeys(history) if h not in self.token]
+        unknown = [h for h in dict.fromkeys(history) if h not in self.token and h not in self.cold]
         if unknown:
             raise UnknownItems(unknown)
-        tokens = [self.token[h] for h in history]
+
+    def recommend(self, history: list[str], k: int = 10, exclude_seen: bool = True) -> list[dict]:
+        """The k best next items for a history (oldest first): [{"item", "score", "title"?}, ...]."""
+        return self.answer(history, k, exclude_seen)["data"]
+
+    def _from_model(self, history: list[str], k: int, exclude_seen: bool) -> list[dict]:
+        tokens = [self.token[h] for h in history if h in self.token]
         scores = score_histories(self.model, [tokens])[0]
         scores[0] = float("-inf")  # padding
         if exclude_seen:
@@ -49,9 +97,7 @@ class Recommender:
         top = torch.topk(scores, k)
         out = []
         for tok, score in zip(top.indices.tolist(), top.values.tolist(), strict=True):
-            item = self.items[tok - 1]
-            rec = {"item": item, "score": round(score, 5), "probability": round(probs[tok].item(), 6)}
-            if item in self.titles:
-                rec["title"] = self.titles[item]
-            out.append(rec)
+            out.append(
+                self._row(self.items[tok - 1], round(score, 5), probability=round(probs[tok].item(), 6))
+            )
         return out

@@ -1,0 +1,129 @@
+"""Cold start: items the sequential model never learned, recommended from their text.
+
+An item with too few interactions (fewer than `--min-item-interactions` among the prepared users,
+so not in the model's vocabulary) is a *cold* item; `prepare` keeps its id, title and genres aside.
+A history made only of cold items cannot be scored by the model, so it is answered from text:
+
+    text(item)   = "<title>. <genre>, <genre>"                       e.g. "Gravity (2013). Drama, Sci-Fi"
+    vector(item) = the language model's embedding of that text: the same mean-pooled final hidden
+                   states `POST /v1/embeddings` returns (`fornalha.assistant.engine_embedder`, which
+                   calls `Engine.embed`); centred on the catalogue's mean vector, then unit length
+    score(j)     = cosine(vector(j), mean of the history's item vectors)   over every item with text
+                   (warm and cold), the history's own items excluded
+
+The vectors are cached in the recommender's run folder (`content_vectors.npz`), keyed by the language
+model's checkpoint, so a server or `predict` embeds the catalogue once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from fornalha.errors import DataError
+
+Embedder = Callable[[Sequence[str]], np.ndarray]
+CACHE = "content_vectors.npz"
+
+
+def item_text(item: str, titles: dict[str, str], genres: dict[str, str]) -> str:
+    """The text an item is embedded by: its title and genres ("" when the items file had neither)."""
+    title = titles.get(item, "")
+    kinds = ", ".join(g for g in genres.get(item, "").split("|") if g)
+    return f"{title}. {kinds}" if kinds else title
+
+
+def lm_embedder(lm_run: str | Path, device: str = "cpu") -> tuple[Embedder, str]:
+    """(embed, key) for a fornalha language-model run: `embed(texts)` is what `/v1/embeddings` computes
+    for each text; `key` names the checkpoint (the cache is valid only for it)."""
+    from fornalha.assistant import engine_embedder
+    from fornalha.checkpoint import load_run
+    from fornalha.infer import Engine
+
+    model, tokenizer, _ = load_run(lm_run, which="best", device=device)
+    engine = Engine(model, tokenizer, device=device, max_batch_size=1)
+    return engine_embedder(engine, tokenizer), lm_key(lm_run)
+
+
+def lm_key(lm_run: str | Path) -> str:
+    """The identity of a language model's served checkpoint: its path and modification time."""
+    from fornalha.checkpoint import resolve_checkpoint
+
+    ckpt = Path(resolve_checkpoint(lm_run, "best"))
+    return f"{ckpt.resolve()}@{ckpt.stat().st_mtime_ns}"
+
+
+def item_vectors(items: list[str], texts: list[str], embed: Embedder, key: str,
+                 cache: Path | None = None) -> np.ndarray:  # fmt: skip
+    """[len(items), C] float32 embeddings of the texts, reusing `cache` when it was made by `key`."""
+    have: dict[str, np.ndarray] = {}
+    if cache is not None and cache.is_file():
+        with np.load(cache, allow_pickle=False) as z:
+            if str(z["key"]) == key:
+                have = dict(zip(z["items"].tolist(), z["vectors"], strict=True))
+    todo = [i for i, it in enumerate(items) if it not in have]
+    if todo:
+        new = np.asarray(embed([texts[i] for i in todo]), dtype=np.float32)
+        have.update({items[i]: v for i, v in zip(todo, new, strict=True)})
+        if cache is not None:
+            ids = list(have)
+            tmp = cache.with_name(cache.name + ".tmp.npz")
+            try:
+                np.savez(
+                    tmp, key=np.array(key), items=np.array(ids), vectors=np.stack([have[i] for i in ids])
+                )
+                tmp.replace(cache)
+            except OSError:  # a read-only run folder: embed again next time
+                pass
+    return np.stack([have[it] for it in items]).astype(np.float32)
+
+
+class ContentIndex:
+    """Nearest items by text: unit vectors (centred on their mean) for a catalogue of item ids."""
+
+    def __init__(self, items: list[str], vectors: np.ndarray) -> None:
+        if len(items) != len(vectors):
+            raise DataError(f"{len(items)} items but {len(vectors)} vectors")
+        self.items = items
+        self.row = {it: i for i, it in enumerate(items)}
+        v = vectors - vectors.mean(0, keepdims=True)  # mean-pooled states share one big direction
+        self.vectors = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+
+    def scores(self, history: Sequence[str]) -> np.ndarray:
+        """Cosine of every catalogue item to the mean of the history's vectors (history must be known)."""
+        q = self.vectors[[self.row[h] for h in history]].mean(0)
+        return self.vectors @ (q / max(float(np.linalg.norm(q)), 1e-12))
+
+    def recommend(self, history: Sequence[str], k: int, exclude_seen: bool = True) -> list[tuple[str, float]]:
+        s = self.scores(history)
+        if exclude_seen:
+            s[[self.row[h] for h in history]] = -np.inf
+        k = min(k, int(np.isfinite(s).sum()))
+        top = np.argsort(-s, kind="stable")[:k]
+        return [(self.items[i], float(s[i])) for i in top]
+
+
+def evaluate_cold(index: ContentIndex, users: list[list[str]], popularity: dict[str, int],
+                  ks=(5, 10, 20)) -> dict[str, float]:  # fmt: skip
+    """HR@K and NDCG@K of cold users (history = all but the last item, target = the last) for the
+    content path and for popularity, on the same users and the same candidates (every catalogue item
+    outside the history). Ties count in the target's favour, as in `metrics.target_ranks`."""
+    import torch
+
+    from fornalha.recommend.metrics import hit_ndcg
+
+    pop = np.array([popularity.get(it, 0) for it in index.items], dtype=np.float64)
+    ranks: dict[str, list[int]] = {"content": [], "popularity": []}
+    for seq in users:
+        hist, target = seq[:-1], seq[-1]
+        seen = [index.row[h] for h in hist]
+        for name, s in (("content", index.scores(hist).astype(np.float64)), ("popularity", pop.copy())):
+            s[seen] = -np.inf
+            ranks[name].append(int((s > s[index.row[target]]).sum()))
+    out: dict[str, float] = {}
+    for name, r in ranks.items():
+        for key, val in hit_ndcg(torch.tensor(r), ks).items():
+            out[f"cold_{name}_{key}"] = val
+    return out
