@@ -10,18 +10,16 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from test_hot_swap import ADMIN, KEY, RegistryServer, ask
+from test_hot_swap import ADMIN, KEY, RegistryServer, ask, three_versions
 
 from fornalha.improve.registry import Registry
 
 
 @pytest.fixture
 def served(tmp_path, runs):
-    reg = Registry.open(tmp_path / "reg", create=True)
-    for name in ("base", "good", "bad"):  # v1 champion, v2 better, v3 worse on validation
-        reg.register(runs[name])
-    reg.close()
-    srv = RegistryServer(tmp_path / "reg", tmp_path, poll=0)  # no watcher: only /admin/* switches
+    srv = RegistryServer(
+        three_versions(tmp_path, runs), tmp_path, poll=0
+    )  # no watcher: only /admin/* switches
     yield srv, tmp_path / "reg"
     assert srv.stop() == 0
 

@@ -35,7 +35,7 @@ import time
 import uuid
 import weakref
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import aclosing, asynccontextmanager
 from typing import Any
 
 import numpy as np
@@ -280,8 +280,14 @@ def create_app(
         runner: AsyncEngine, jobs: list[tuple[list[int], SamplingParams]]
     ) -> AsyncIterator[tuple[int, Event]]:
         """Events of several sequences (the n choices, the prompts) as (choice index, event)."""
-        q: asyncio.Queue = asyncio.Queue()
         end = deadline()
+        if len(jobs) == 1:  # the common case: no pump task, no second queue hop per token
+            ids, params = jobs[0]
+            async with aclosing(runner.generate(ids, params, end)) as events:  # closed = aborted
+                async for ev in events:
+                    yield 0, ev
+            return
+        q: asyncio.Queue = asyncio.Queue()
 
         async def pump(i: int, ids: list[int], params: SamplingParams) -> None:
             try:

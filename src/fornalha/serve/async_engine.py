@@ -56,6 +56,12 @@ class _Handle:
     events: asyncio.Queue
 
 
+def _deliver(batch: list[tuple[asyncio.Queue, Event]]) -> None:
+    """In the event loop: one step's events into their requests' queues."""
+    for events, ev in batch:
+        events.put_nowait(ev)
+
+
 class AsyncEngine:
     """Runs `engine` in a background thread; `generate` / `call` are awaited from asyncio.
 
@@ -142,6 +148,9 @@ class AsyncEngine:
                         except Exception as exc:
                             fut.set_exception(exc)
                 if eng.has_unfinished():
+                    # One hand-off per event loop and step, not one per token: each call_soon_threadsafe
+                    # wakes the loop through its self-pipe (a system call and a loop iteration).
+                    out: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, Event]]] = {}
                     for ev in eng.step():
                         h = handles.get(ev.request_id)
                         if ev.finished:
@@ -150,7 +159,9 @@ class AsyncEngine:
                                 handles.pop(ev.request_id, None)
                                 by_key.pop(h.key, None)
                         if h is not None:
-                            h.loop.call_soon_threadsafe(h.events.put_nowait, ev)
+                            out.setdefault(h.loop, []).append((h.events, ev))
+                    for loop, batch in out.items():
+                        loop.call_soon_threadsafe(_deliver, batch)
                     if self.on_step is not None:
                         self.on_step(eng)
                 else:
