@@ -83,7 +83,8 @@ def main() -> None:
         print(f"{name:<18}{result[p + 'hr@10']:>8.4f}{result[p + 'ndcg@10']:>9.4f}")
     if "cold_content_ndcg@10" in result:
         print(f"cold start, {result['cold_users']} users with cold-only histories:")
-        for name, p in (("content (LM text)", "cold_content_"), ("popularity", "cold_popularity_")):
+        for name, p in (("content fallback", "cold_content_"), ("text alone", "cold_text_"),
+                        ("popularity", "cold_popularity_")):  # fmt: skip
             print(f"{name:<18}{result[p + 'hr@10']:>8.4f}{result[p + 'ndcg@10']:>9.4f}")
     result.update({
         "baseline": "best of popularity / item-kNN / ALS, same eval call", "target_ratio": 1.2,

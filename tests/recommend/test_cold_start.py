@@ -94,12 +94,40 @@ def test_eval_and_predict_with_a_language_model(trained, lm_run):
     for key in (
         "cold_content_hr@10",
         "cold_content_ndcg@10",
+        "cold_text_hr@10",
+        "cold_text_ndcg@10",
         "cold_popularity_hr@10",
         "cold_popularity_ndcg@10",
     ):
         assert 0.0 <= res[key] <= 1.0
+    # the text weight was chosen on the warm users' validation items, and kept beside the vectors
+    fitted = res["cold_text_weight_validation_ndcg@10"]
+    assert len(fitted) == 11 and fitted[str(res["cold_text_weight"])] == max(fitted.values())
+    assert json.loads((run / "content_weight.json").read_text())["text_weight"] == res["cold_text_weight"]
     out = json.loads(fornalha("recommend", "predict", "--run", str(run), "--history", "X1", "--lm-run",
                               str(lm_run), "--k", "2").stdout.splitlines()[-1])  # fmt: skip
     assert out["source"] == "content" and len(out["data"]) == 2
     p = fornalha("recommend", "predict", "--run", str(run), "--history", "X1", check=False)
     assert p.returncode == 2 and "--lm-run" in p.stderr
+
+
+def test_text_weight_is_chosen_on_validation_users():
+    """The content fallback blends text with a popularity prior; the weight comes from validation users:
+    text alone where the text finds the target, popularity alone where it does not."""
+    import numpy as np
+
+    from fornalha.recommend.content import ContentIndex, rank_prior
+
+    items = ["p0", "p1", "p2", "a", "b", "c", "d"]  # p0 the most popular
+    prior = rank_prior(items, ["p0", "p1", "p2", "a", "b", "c", "d"])
+    assert prior[0] == 1.0 and list(prior) == sorted(prior, reverse=True)
+    vec = np.eye(len(items), dtype=np.float32)
+    vec[3, 4] = vec[4, 3] = 0.9  # a and b read alike, as do c and d
+    vec[5, 6] = vec[6, 5] = 0.9
+    index = ContentIndex(items, vec, prior)
+    table = index.fit_text_weight([(["a"], "b"), (["c"], "d"), (["b"], "a")], k=1)
+    assert index.text_weight > 0 and table[str(index.text_weight)] == 1.0 and table["0.0"] == 0.0
+    index.fit_text_weight([(["a"], "p0"), (["c"], "p0"), (["d"], "p0")], k=1)
+    assert index.text_weight == 0.0  # the text points away from what users take next: popularity
+    assert index.recommend(["a"], 1)[0][0] == "p0"
+    assert ContentIndex(items, vec).fit_text_weight([(["a"], "b")]) == {}  # no prior: text alone

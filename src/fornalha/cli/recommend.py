@@ -103,8 +103,10 @@ def eval_command(
     console.print(tab)
     if "cold_content_ndcg@10" in result:
         console.print(
-            f"cold start: {result['cold_users']} users with cold-only histories — content (text embedding) "
-            f"HR@10 {result['cold_content_hr@10']:.4f} NDCG@10 {result['cold_content_ndcg@10']:.4f}; popularity "
+            f"cold start: {result['cold_users']} users with cold-only histories — content (text weight "
+            f"{result['cold_text_weight']} against popularity, chosen on validation) "
+            f"HR@10 {result['cold_content_hr@10']:.4f} NDCG@10 {result['cold_content_ndcg@10']:.4f}; text alone "
+            f"NDCG@10 {result['cold_text_ndcg@10']:.4f}; popularity "
             f"HR@10 {result['cold_popularity_hr@10']:.4f} NDCG@10 {result['cold_popularity_ndcg@10']:.4f}"
         )
     typer.echo(json.dumps(result))

@@ -8,8 +8,16 @@ A history made only of cold items cannot be scored by the model, so it is answer
     vector(item) = the language model's embedding of that text: the same mean-pooled final hidden
                    states `POST /v1/embeddings` returns (`fornalha.assistant.engine_embedder`, which
                    calls `Engine.embed`); centred on the catalogue's mean vector, then unit length
-    score(j)     = cosine(vector(j), mean of the history's item vectors)   over every item with text
+    text(j)      = cosine(vector(j), mean of the history's item vectors)   over every item with text
                    (warm and cold), the history's own items excluded
+    prior(j)     = 1 - log(1 + rank(j)) / log(1 + catalogue size)    rank 0 = the most popular item of
+                   the model's vocabulary; cold items share the last rank
+    score(j)     = w * text(j) + (1 - w) * prior(j)
+
+The weight w of the text is chosen on the warm users' validation items (history = their training items,
+target = their validation item, the same protocol as `recommend eval`), from 0 (popularity alone) to 1
+(text alone): a text embedding that carries less than popularity cannot make the fallback worse than
+popularity on those users. It is kept in `content_weight.json` beside the vectors.
 
 The vectors are cached in the recommender's run folder (`content_vectors.npz`), keyed by the language
 model's checkpoint, so a server or `predict` embeds the catalogue once.
@@ -26,6 +34,8 @@ from fornalha.errors import DataError
 
 Embedder = Callable[[Sequence[str]], np.ndarray]
 CACHE = "content_vectors.npz"
+WEIGHT = "content_weight.json"
+WEIGHTS = tuple(round(0.1 * i, 1) for i in range(11))  # the text weights tried: 0, 0.1, ..., 1
 
 
 def item_text(item: str, titles: dict[str, str], genres: dict[str, str]) -> str:
@@ -80,21 +90,63 @@ def item_vectors(items: list[str], texts: list[str], embed: Embedder, key: str,
     return np.stack([have[it] for it in items]).astype(np.float32)
 
 
-class ContentIndex:
-    """Nearest items by text: unit vectors (centred on their mean) for a catalogue of item ids."""
+def rank_prior(catalogue: Sequence[str], by_popularity: Sequence[str]) -> np.ndarray:
+    """prior(j) of the module docstring: items of `by_popularity` (most popular first) by their rank,
+    every other catalogue item at the last rank."""
+    rank = {it: r for r, it in enumerate(by_popularity)}
+    last = len(by_popularity)
+    r = np.array([rank.get(it, last) for it in catalogue], dtype=np.float64)
+    return (1.0 - np.log1p(r) / np.log1p(max(len(catalogue), 1))).astype(np.float32)
 
-    def __init__(self, items: list[str], vectors: np.ndarray) -> None:
-        if len(items) != len(vectors):
+
+class ContentIndex:
+    """Nearest items by text: unit vectors (centred on their mean) for a catalogue of item ids, blended
+    with a popularity prior at text weight `text_weight` (1.0, or no prior: text alone)."""
+
+    def __init__(self, items: list[str], vectors: np.ndarray, prior: np.ndarray | None = None,
+                 text_weight: float = 1.0) -> None:  # fmt: skip
+        if len(items) != len(vectors) or (prior is not None and len(prior) != len(items)):
             raise DataError(f"{len(items)} items but {len(vectors)} vectors")
         self.items = items
         self.row = {it: i for i, it in enumerate(items)}
         v = vectors - vectors.mean(0, keepdims=True)  # mean-pooled states share one big direction
         self.vectors = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+        self.prior = prior
+        self.text_weight = text_weight
 
-    def scores(self, history: Sequence[str]) -> np.ndarray:
+    def text_scores(self, history: Sequence[str]) -> np.ndarray:
         """Cosine of every catalogue item to the mean of the history's vectors (history must be known)."""
         q = self.vectors[[self.row[h] for h in history]].mean(0)
         return self.vectors @ (q / max(float(np.linalg.norm(q)), 1e-12))
+
+    def scores(self, history: Sequence[str], text_weight: float | None = None) -> np.ndarray:
+        """score(j) of the module docstring for every catalogue item."""
+        w = self.text_weight if text_weight is None else text_weight
+        text = self.text_scores(history)
+        if self.prior is None or w >= 1.0:
+            return text
+        return w * text + (1.0 - w) * self.prior
+
+    def fit_text_weight(self, users: Sequence[tuple[Sequence[str], str]], k: int = 10) -> dict[str, float]:
+        """Set `text_weight` to the weight of WEIGHTS with the best NDCG@k on `users` ((history,
+        target) pairs, items outside the catalogue skipped); returns {weight: NDCG@k}. Ties go to
+        the smaller weight (popularity is the simpler model)."""
+        from fornalha.recommend.metrics import ndcg_at
+
+        pairs = [([h for h in hist if h in self.row], t) for hist, t in users]
+        pairs = [(h, t) for h, t in pairs if h and t in self.row]
+        if self.prior is None or not pairs:
+            return {}
+        ndcg = {w: 0.0 for w in WEIGHTS}
+        for hist, target in pairs:
+            text, seen, j = self.text_scores(hist), [self.row[h] for h in hist], self.row[target]
+            for w in WEIGHTS:
+                s = w * text + (1.0 - w) * self.prior
+                s[seen] = -np.inf
+                ndcg[w] += ndcg_at(int((s > s[j]).sum()), k)
+        table = {str(w): round(v / len(pairs), 5) for w, v in ndcg.items()}
+        self.text_weight = max(WEIGHTS, key=lambda w: (ndcg[w], -w))
+        return table
 
     def recommend(self, history: Sequence[str], k: int, exclude_seen: bool = True) -> list[tuple[str, float]]:
         s = self.scores(history)
@@ -108,18 +160,19 @@ class ContentIndex:
 def evaluate_cold(index: ContentIndex, users: list[list[str]], popularity: dict[str, int],
                   ks=(5, 10, 20)) -> dict[str, float]:  # fmt: skip
     """HR@K and NDCG@K of cold users (history = all but the last item, target = the last) for the
-    content path and for popularity, on the same users and the same candidates (every catalogue item
+    content path (the blend), its text alone and popularity, on the same users and the same candidates (every catalogue item
     outside the history). Ties count in the target's favour, as in `metrics.target_ranks`."""
     import torch
 
     from fornalha.recommend.metrics import hit_ndcg
 
     pop = np.array([popularity.get(it, 0) for it in index.items], dtype=np.float64)
-    ranks: dict[str, list[int]] = {"content": [], "popularity": []}
+    ranks: dict[str, list[int]] = {"content": [], "text": [], "popularity": []}
     for seq in users:
         hist, target = seq[:-1], seq[-1]
         seen = [index.row[h] for h in hist]
-        for name, s in (("content", index.scores(hist).astype(np.float64)), ("popularity", pop.copy())):
+        for name, s in (("content", index.scores(hist).astype(np.float64)),
+                        ("text", index.text_scores(hist).astype(np.float64)), ("popularity", pop.copy())):  # fmt: skip
             s[seen] = -np.inf
             ranks[name].append(int((s > s[index.row[target]]).sum()))
     out: dict[str, float] = {}

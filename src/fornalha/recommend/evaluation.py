@@ -96,11 +96,13 @@ def evaluate_cold_users(run_dir: Path, data, lm_run: Path, ks) -> dict:
     rec = Recommender(run_dir)
     rec.titles, rec.genres = {**data.titles, **rec.titles}, {**data.genres, **rec.genres}
     embed, key = lm_embedder(lm_run)
-    rec.use_text_model(embed, key, extra_cold=data.cold)
+    rec.use_text_model(embed, key, extra_cold=data.cold, data=data)
     assert rec.content is not None
     pop = Counter(data.items[t - 1] for seq in data.sequences for t in seq)
     pop.update(it for seq in data.cold_users for it in seq[:-1])
-    out: dict = {"cold_text_model": str(lm_run), "cold_catalogue": len(rec.content.items)}
+    out: dict = {"cold_text_model": str(lm_run), "cold_catalogue": len(rec.content.items),
+                 "cold_text_weight": rec.content.text_weight,
+                 "cold_text_weight_validation_ndcg@10": rec.content_weights}  # fmt: skip
     if data.cold_users:
         out.update(evaluate_cold(rec.content, data.cold_users, pop, ks))
     out["cold_s"] = round(time.perf_counter() - t0, 2)

@@ -4,18 +4,30 @@ Which path answers (`source` in every answer):
     "model"    the history holds at least one item of the model's vocabulary: the GPT scores the next
                item from those (cold items in the history are skipped, and still never recommended);
     "content"  the history holds only cold items (content.py): nearest items by the language model's
-               text embedding; needs `use_text_model` (predict/eval --lm-run, or the served LM).
+               text embedding, blended with popularity at the weight the warm users' validation items
+               chose; needs `use_text_model` (predict/eval --lm-run, or the served LM).
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import sys
 from pathlib import Path
 
 import torch
 
 from fornalha.errors import DataError
-from fornalha.recommend.content import CACHE, ContentIndex, Embedder, item_text, item_vectors
-from fornalha.recommend.data import load_vocab
+from fornalha.recommend.content import (
+    CACHE,
+    WEIGHT,
+    ContentIndex,
+    Embedder,
+    item_text,
+    item_vectors,
+    rank_prior,
+)
+from fornalha.recommend.data import RecData, load_data, load_vocab, split_leave_one_out
 from fornalha.recommend.model import score_histories
 
 
@@ -41,18 +53,55 @@ class Recommender:
         self.model, self.meta = load_model(self.run_dir, device=device)
         self.content: ContentIndex | None = None
         self.text_model: str | None = None
+        self.content_weights: dict[str, float] = {}
 
-    def use_text_model(self, embed: Embedder, key: str, extra_cold: list[str] | None = None) -> None:
+    def use_text_model(
+        self, embed: Embedder, key: str, extra_cold: list[str] | None = None, data: RecData | None = None
+    ) -> None:
         """Embed every item's text (warm and cold; cached in RUN/content_vectors.npz for `key`), which
-        enables the content path for cold-only histories. `extra_cold`: more cold items (e.g. from a
-        data folder prepared with --vocab-from) to add to the catalogue."""
+        enables the content path for cold-only histories, and set its text weight (content.py) on the
+        warm users' validation items of `data` (default: the data folder the run was trained on;
+        cached in RUN/content_weight.json). `extra_cold`: more cold items (e.g. from a data folder
+        prepared with --vocab-from) to add to the catalogue."""
         self.cold |= set(extra_cold or [])
         catalogue = self.items + sorted(self.cold - set(self.items))
         texts = [item_text(it, self.titles, self.genres) for it in catalogue]
-        self.content = ContentIndex(
-            catalogue, item_vectors(catalogue, texts, embed, key, self.run_dir / CACHE)
-        )
+        vectors = item_vectors(catalogue, texts, embed, key, self.run_dir / CACHE)
+        self.content = ContentIndex(catalogue, vectors, rank_prior(catalogue, self.items))
         self.text_model = key
+        self.content_weights = self._fit_text_weight(key, data)
+
+    def _fit_text_weight(self, key: str, data: RecData | None) -> dict[str, float]:
+        """{weight: validation NDCG@10}; without validation data the text weight stays 1 (text alone)."""
+        assert self.content is not None
+        cache = self.run_dir / WEIGHT
+        if data is None and cache.is_file():
+            saved = json.loads(cache.read_text())
+            if saved.get("key") == key and saved.get("catalogue") == len(self.content.items):
+                self.content.text_weight = saved["text_weight"]
+                return saved["validation_ndcg@10"]
+        if data is None:
+            source = json.loads((self.run_dir / "recommend.json").read_text()).get("data") if (
+                self.run_dir / "recommend.json").is_file() else None  # fmt: skip
+            try:
+                data = load_data(Path(source)) if source else None
+            except DataError:
+                data = None
+        if data is None:
+            print("recommend: no validation data to weigh text against popularity; cold-only histories are "
+                  "answered by text alone", file=sys.stderr)  # fmt: skip
+            return {}
+        users = []
+        for seq in data.sequences:
+            if len(seq) >= 3:
+                train, val, _ = split_leave_one_out(seq)
+                users.append(([data.items[t - 1] for t in train], data.items[val - 1]))
+        table = self.content.fit_text_weight(users)
+        record = {"key": key, "catalogue": len(self.content.items), "text_weight": self.content.text_weight,
+                  "validation_ndcg@10": table, "validation_users": len(users)}  # fmt: skip
+        with contextlib.suppress(OSError):  # a read-only run folder: fitted again next time
+            cache.write_text(json.dumps(record, indent=1))
+        return table
 
     def answer(self, history: list[str], k: int = 10, exclude_seen: bool = True) -> dict:
         """{"source": "model" | "content", "data": [...]} (see the module docstring)."""
