@@ -383,6 +383,14 @@ def create_app(
             if ev.finished:
                 c.finish_reason = ev.finish_reason
 
+        def record_cut_short(reason: str) -> None:
+            """The request ended before its last token (its client left, it timed out, the engine
+            stopped): counted by reason, and its partial answer recorded so that it can still be rated."""
+            metrics.cancelled.labels(reason).inc()
+            for c in choices:
+                c.finish_reason = c.finish_reason or "abort"
+            record(kind, rid, req, choices, prompt_tokens, start, state["ttft"], req.user, srv.version)
+
         def usage() -> dict[str, int]:
             done = sum(c.tokens for c in choices)
             return {
@@ -404,12 +412,7 @@ def create_app(
                 if not work.done():  # the client left: cancel its sequences, their slots free within a step
                     work.cancel()
                     await asyncio.gather(work, return_exceptions=True)
-                    metrics.cancelled.labels("disconnect").inc()
-                    for c in choices:
-                        c.finish_reason = c.finish_reason or "abort"
-                    record(
-                        kind, rid, req, choices, prompt_tokens, start, state["ttft"], req.user, srv.version
-                    )
+                    record_cut_short("disconnect")
                     return Response(status_code=499)  # nobody reads it; nginx's "client closed request"
                 work.result()
             except RequestTimeout as exc:
@@ -447,17 +450,14 @@ def create_app(
                 state["recorded"] = True
                 yield "data: [DONE]\n\n"
             except RequestTimeout as exc:
+                state["cut"] = "timeout"
                 yield f"data: {json.dumps(error_body(408, str(exc), None, 'timeout'))}\n\n"
             except EngineStopped as exc:
+                state["cut"] = "engine_stopped"
                 yield f"data: {json.dumps(error_body(503, str(exc), None, 'engine_stopped'))}\n\n"
             finally:
-                if not state.get("recorded"):  # stopped by the client: kept, so it can still be rated
-                    metrics.cancelled.labels("disconnect").inc()
-                    for c in choices:
-                        c.finish_reason = c.finish_reason or "abort"
-                    record(
-                        kind, rid, req, choices, prompt_tokens, start, state["ttft"], req.user, srv.version
-                    )
+                if not state.get("recorded"):  # no error of ours ended it: the client did
+                    record_cut_short(state.get("cut", "disconnect"))
                 release_once()
 
         stream_body = sse()
