@@ -119,13 +119,12 @@ class ContentIndex:
         q = self.vectors[[self.row[h] for h in history]].mean(0)
         return self.vectors @ (q / max(float(np.linalg.norm(q)), 1e-12))
 
-    def scores(self, history: Sequence[str], text_weight: float | None = None) -> np.ndarray:
+    def scores(self, history: Sequence[str]) -> np.ndarray:
         """score(j) of the module docstring for every catalogue item."""
-        w = self.text_weight if text_weight is None else text_weight
-        text = self.text_scores(history)
-        if self.prior is None or w >= 1.0:
-            return text
-        return w * text + (1.0 - w) * self.prior
+        return self._blend(self.text_scores(history), self.text_weight)
+
+    def _blend(self, text: np.ndarray, w: float) -> np.ndarray:
+        return text if self.prior is None or w >= 1.0 else w * text + (1.0 - w) * self.prior
 
     def fit_text_weight(self, users: Sequence[tuple[Sequence[str], str]], k: int = 10) -> dict[str, float]:
         """Set `text_weight` to the weight of WEIGHTS with the best NDCG@k on `users` ((history,
@@ -139,14 +138,19 @@ class ContentIndex:
             return {}
         ndcg = {w: 0.0 for w in WEIGHTS}
         for hist, target in pairs:
-            text, seen, j = self.text_scores(hist), [self.row[h] for h in hist], self.row[target]
+            text = self.text_scores(hist)
             for w in WEIGHTS:
-                s = w * text + (1.0 - w) * self.prior
-                s[seen] = -np.inf
-                ndcg[w] += ndcg_at(int((s > s[j]).sum()), k)
+                ndcg[w] += ndcg_at(self.rank_of(target, self._blend(text, w), hist), k)
         table = {str(w): round(v / len(pairs), 5) for w, v in ndcg.items()}
         self.text_weight = max(WEIGHTS, key=lambda w: (ndcg[w], -w))
         return table
+
+    def rank_of(self, target: str, scores: np.ndarray, history: Sequence[str]) -> int:
+        """0-based rank of `target` among the catalogue outside the history; ties count in the
+        target's favour, as in `metrics.target_ranks`."""
+        s = np.array(scores, dtype=np.float64)  # a copy: the history's items are masked out
+        s[[self.row[h] for h in history]] = -np.inf
+        return int((s > s[self.row[target]]).sum())
 
     def recommend(self, history: Sequence[str], k: int, exclude_seen: bool = True) -> list[tuple[str, float]]:
         s = self.scores(history)
@@ -160,8 +164,8 @@ class ContentIndex:
 def evaluate_cold(index: ContentIndex, users: list[list[str]], popularity: dict[str, int],
                   ks=(5, 10, 20)) -> dict[str, float]:  # fmt: skip
     """HR@K and NDCG@K of cold users (history = all but the last item, target = the last) for the
-    content path (the blend), its text alone and popularity, on the same users and the same candidates (every catalogue item
-    outside the history). Ties count in the target's favour, as in `metrics.target_ranks`."""
+    content path (the blend), its text alone and popularity, on the same users and the same
+    candidates (every catalogue item outside the history; `ContentIndex.rank_of`)."""
     import torch
 
     from fornalha.recommend.metrics import hit_ndcg
@@ -170,11 +174,12 @@ def evaluate_cold(index: ContentIndex, users: list[list[str]], popularity: dict[
     ranks: dict[str, list[int]] = {"content": [], "text": [], "popularity": []}
     for seq in users:
         hist, target = seq[:-1], seq[-1]
-        seen = [index.row[h] for h in hist]
-        for name, s in (("content", index.scores(hist).astype(np.float64)),
-                        ("text", index.text_scores(hist).astype(np.float64)), ("popularity", pop.copy())):  # fmt: skip
-            s[seen] = -np.inf
-            ranks[name].append(int((s > s[index.row[target]]).sum()))
+        for name, s in (
+            ("content", index.scores(hist)),
+            ("text", index.text_scores(hist)),
+            ("popularity", pop),
+        ):
+            ranks[name].append(index.rank_of(target, s, hist))
     out: dict[str, float] = {}
     for name, r in ranks.items():
         for key, val in hit_ndcg(torch.tensor(r), ks).items():

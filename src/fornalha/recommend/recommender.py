@@ -81,12 +81,7 @@ class Recommender:
                 self.content.text_weight = saved["text_weight"]
                 return saved["validation_ndcg@10"]
         if data is None:
-            source = json.loads((self.run_dir / "recommend.json").read_text()).get("data") if (
-                self.run_dir / "recommend.json").is_file() else None  # fmt: skip
-            try:
-                data = load_data(Path(source)) if source else None
-            except DataError:
-                data = None
+            data = self._training_data()
         if data is None:
             print("recommend: no validation data to weigh text against popularity; cold-only histories are "
                   "answered by text alone", file=sys.stderr)  # fmt: skip
@@ -102,6 +97,15 @@ class Recommender:
         with contextlib.suppress(OSError):  # a read-only run folder: fitted again next time
             cache.write_text(json.dumps(record, indent=1))
         return table
+
+    def _training_data(self) -> RecData | None:
+        """The data folder this run was trained on (RUN/recommend.json), if it is still there."""
+        info = self.run_dir / "recommend.json"
+        source = json.loads(info.read_text()).get("data") if info.is_file() else None
+        try:
+            return load_data(Path(source)) if source else None
+        except DataError:
+            return None
 
     def answer(self, history: list[str], k: int = 10, exclude_seen: bool = True) -> dict:
         """{"source": "model" | "content", "data": [...]} (see the module docstring)."""
