@@ -209,15 +209,22 @@ class AsyncEngine:
         done = False
         try:
             while True:
-                # Wake at least every second: a command posted just as the thread died is never answered.
-                wait = 1.0 if deadline is None else min(1.0, max(deadline - time.monotonic(), 0.0))
-                try:
-                    item = await asyncio.wait_for(handle.events.get(), wait)
-                except TimeoutError:
-                    if deadline is not None and time.monotonic() >= deadline:
-                        raise RequestTimeout("the request ran past its time limit") from None
-                    self.check_alive()
-                    continue
+                if not handle.events.empty():  # a step's events came together: no waiting at all
+                    item = handle.events.get_nowait()
+                else:
+                    # Wake at least every second: a command posted just as the thread died is never
+                    # answered. `asyncio.timeout`, not `wait_for`: Python 3.11's wait_for returns the
+                    # item and drops a cancellation that lands as the item arrives — and a cancelled
+                    # request (its client gone) then ran to its last token instead of being aborted.
+                    wait = 1.0 if deadline is None else min(1.0, max(deadline - time.monotonic(), 0.0))
+                    try:
+                        async with asyncio.timeout(wait):
+                            item = await handle.events.get()
+                    except TimeoutError:
+                        if deadline is not None and time.monotonic() >= deadline:
+                            raise RequestTimeout("the request ran past its time limit") from None
+                        self.check_alive()
+                        continue
                 if isinstance(item, BaseException):
                     done = True
                     raise item
