@@ -22,7 +22,7 @@ from fornalha.improve.simulate import post_rating, registry_with_champion, unifo
 from fornalha.improve.simulate import val_dataset as simulated_val_dataset
 
 VOWELS = set("aeiou")
-N_PROMPTS = 48
+N_PROMPTS = 120
 ANSWERS_PER_PROMPT = 3
 MAX_TOKENS = 16
 TUNE = ["--set", "train.max_steps=40", "--set", "train.eval_interval=20", "--set", "train.batch_size=8",

@@ -115,3 +115,28 @@ def test_params_validation():
     with pytest.raises(ConfigError, match="unknown"):
         SamplingParams.from_dict({"temprature": 1})
     assert SamplingParams(stop="x").stop == ["x"]
+
+
+def test_rows_with_and_without_filters_draw_alike_in_any_company():
+    """A row without a filter skips the sort (vocabulary order) and one with a filter sorts; which
+    path a row takes is its own business: alone or beside any neighbour, the same token for the
+    same u, and the unsorted path still follows the distribution."""
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(6, 40, generator=g)
+    u = torch.rand(6, generator=g)
+    temp = torch.tensor([1.0, 0.8, 1.0, 0.0, 1.2, 1.0])
+    top_k = torch.tensor([0, 5, 0, 0, 0, 3])
+    top_p = torch.tensor([1.0, 1.0, 0.9, 1.0, 1.0, 1.0])
+    min_p = torch.tensor([0.0, 0.0, 0.0, 0.0, 0.0, 0.1])
+    batch = sample_logits(logits, temp, u, top_k, top_p, min_p)
+    for r in range(6):
+        s = slice(r, r + 1)
+        assert sample_logits(logits[s], temp[s], u[s], top_k[s], top_p[s], min_p[s]).item() == batch[r].item()
+    for r in (0, 4):  # unfiltered rows: vocabulary order, not probability order
+        p = (logits[r] / temp[r]).softmax(-1).cumsum(-1)
+        assert batch[r].item() == int((p > u[r] * p[-1]).nonzero()[0])
+    n = 20000
+    u = torch.rand(n, generator=g)
+    toks = sample_logits(LOGITS.expand(n, -1), torch.ones(n), u)
+    freq = torch.bincount(toks, minlength=5).float() / n
+    assert torch.allclose(freq, PROBS, atol=0.015), freq

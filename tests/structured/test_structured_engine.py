@@ -170,8 +170,9 @@ def test_auto_tool_choice_is_text_or_a_call():
     grammar = tool_call_grammar(TOOLS, "auto")
     outs = engine.generate(["hi"] * 4, [SamplingParams(max_new_tokens=40, temperature=1.0, seed=s,
                                                        grammar=grammar) for s in range(4)])  # fmt: skip
-    for r in outs:  # this random model answers in text
-        assert r.text and not r.text.startswith(TOOL_CALL_OPEN[:2])
+    for r in outs:  # this random model answers in text (or stops at once: the end token is allowed too)
+        assert not r.text.startswith(TOOL_CALL_OPEN[:2])
+    assert sum(bool(r.text) for r in outs) >= 2
 
     def allowed_after(text: str) -> set[str]:
         c = engine.grammar_vocabulary().constraint(grammar)

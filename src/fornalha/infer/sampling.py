@@ -23,8 +23,12 @@ batch mixes greedy and creative requests). Each row also draws from its own seed
 seed and its logits only — never on which other requests share the batch (continuous batching
 admits and retires neighbours at any step).
 
-The draw itself is inverse-CDF sampling: sort the surviving probabilities, take their running sum,
-and pick the first token whose running sum exceeds ``u · total`` for a uniform ``u``.
+The draw itself is inverse-CDF sampling: take the running sum of the probabilities and pick the
+first token whose running sum exceeds ``u · total`` for a uniform ``u``. A row with a filter runs it
+over the sorted survivors (the filters need the order anyway); a row without one runs it over the
+vocabulary in its own order — the same distribution, without sorting the whole vocabulary every
+step, which was ~15 % of a 16-row serving step. Which path a row takes depends on its own
+parameters only, never on its neighbours'.
 """
 
 from __future__ import annotations
@@ -186,6 +190,13 @@ def sample_sorted(sorted_logits: torch.Tensor, sorted_ids: torch.Tensor, u: torc
     return sorted_ids.gather(-1, pick).squeeze(-1)
 
 
+def sample_unsorted(logits: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Inverse-CDF draw over the vocabulary in its own order (no filter: nothing to sort)."""
+    cdf = logits.softmax(dim=-1).cumsum(dim=-1)
+    pick = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(-1), right=True)
+    return pick.clamp_(max=cdf.size(-1) - 1).squeeze(-1)
+
+
 def sample_logits(
     logits: torch.Tensor,
     temperature: torch.Tensor,
@@ -202,8 +213,16 @@ def sample_logits(
     top_k = top_k if top_k is not None else torch.zeros(B, dtype=torch.long, device=logits.device)
     top_p = top_p if top_p is not None else torch.ones(B, device=logits.device)
     min_p = min_p if min_p is not None else torch.zeros(B, device=logits.device)
-    sorted_logits, sorted_ids = filter_logits(scaled, top_k, top_p, min_p)
-    drawn = sample_sorted(sorted_logits, sorted_ids, u)
+    filtered = (top_k > 0) | (top_p < 1) | (min_p > 0)
+    n_filtered = int(filtered.sum())
+    if n_filtered == B:
+        drawn = sample_sorted(*filter_logits(scaled, top_k, top_p, min_p), u)
+    else:
+        drawn = sample_unsorted(scaled, u)
+        if n_filtered:  # only the rows that asked for a filter pay for the sort
+            rows = filtered.nonzero().squeeze(-1)
+            sorted_logits, sorted_ids = filter_logits(scaled[rows], top_k[rows], top_p[rows], min_p[rows])
+            drawn[rows] = sample_sorted(sorted_logits, sorted_ids, u[rows])
     return torch.where(greedy, logits.argmax(dim=-1), drawn)
 
 
@@ -328,8 +347,8 @@ class SlotSampler:
                 p, g = self.params[s], self.generators[s]
                 if p is not None and not p.greedy:
                     u[i : i + 1] = torch.rand(1, generator=g, device=self.device)
-            # Always the same (sorted) path, whatever the neighbours ask for: a row's token must
-            # depend on its own logits, parameters and generator only.
+            # Each row's path (sorted or not) follows its own parameters, whatever the neighbours
+            # ask for: a row's token depends on its own logits, parameters and generator only.
             tokens = sample_logits(
                 scored, col(self.temperature), u, col(self.top_k), col(self.top_p), col(self.min_p)
             )
