@@ -71,6 +71,41 @@ def test_prefill_matches_model_forward(extra):
     assert cache.k[:, 1].abs().sum() == 0  # a row nobody was given stays untouched
 
 
+@pytest.mark.parametrize("kv", [torch.float32, torch.float16], ids=["f32-cache", "f16-cache"])
+def test_prefill_from_batched_matches_model_forward(kv):
+    """Decoder.prefill_from runs the rest of several prompts at once, each after its own cached
+    prefix (different prefix and suffix lengths, rows out of order, GQA): the last-token logits
+    of GPT.forward on the whole prompt, and the cache holds the same keys/values up to each
+    prompt's end — and nothing past it (padding is never written)."""
+    from infer_helpers import random_model
+
+    model = random_model(seed=4, n_kv_head=2, qk_norm=True)
+    torch.manual_seed(5)
+    prompts = [torch.randint(7, 263, (n,)).tolist() for n in (9, 4, 12)]
+    starts, slots = [5, 1, 3], [2, 0, 3]
+    S = 16
+    cache = KVCache.allocate(model.config, 4, S, dtype=kv)
+    dec = Decoder(model, cache)
+    with torch.no_grad():
+        for p, start, slot in zip(prompts, starts, slots):  # the cached prefixes, one by one
+            dec.prefill(torch.tensor([p[:start]]), [start], [slot])
+        got = dec.prefill_from([p[st:] for p, st in zip(prompts, starts)], slots, starts)
+        for i, (p, slot) in enumerate(zip(prompts, slots)):
+            ref = KVCache.allocate(model.config, 1, S)
+            want, _ = model(torch.tensor([p]), kv_cache=ref)
+            tol = 1e-5 if kv == torch.float32 else 2e-3
+            torch.testing.assert_close(got[i], want[0, -1].float(), atol=tol, rtol=tol)
+            n = len(p)
+            torch.testing.assert_close(
+                cache.k[:, slot, :, :n].float(), ref.k[:, 0, :, :n], atol=tol, rtol=tol
+            )
+            torch.testing.assert_close(
+                cache.v[:, slot, :, :n].float(), ref.v[:, 0, :, :n], atol=tol, rtol=tol
+            )
+            assert cache.k[:, slot, :, n:].abs().sum() == 0  # nothing written past the prompt
+    assert cache.k[:, 1].abs().sum() == 0  # a row nobody was given stays untouched
+
+
 def test_greedy_with_cache_equals_without_cache(model, tok):
     prompts, params = PROMPTS[:3], GREEDY.with_(max_new_tokens=16)
     # The model's own float32 weights and a float32 cache: caching must not change a single

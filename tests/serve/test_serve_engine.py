@@ -48,6 +48,16 @@ def test_prefix_cache_reuses_and_matches(loaded):
     assert eng.pop_result(short_id).text == want[1]
     alone = plain.generate([prompts[0]], SamplingParams(max_new_tokens=30, temperature=0))[0].text
     assert eng.pop_result(long_id).text == alone
+    # several prompts admitted in one step, each after its own cached prefix: one batched pass
+    eng = make(loaded)
+    eng.generate([prompts[0]], greedy)
+    hits = eng.prefix_hit_tokens
+    ids = [eng.add_request(p, greedy) for p in (prompts[2], prompts[1], SYSTEM + "q")]
+    while eng.has_unfinished():
+        eng.step()
+    assert eng.prefix_hit_tokens - hits >= 3 * len(SYSTEM)
+    alone = plain.generate([SYSTEM + "q"], greedy)[0].text
+    assert [eng.pop_result(i).text for i in ids] == [want[2], want[1], alone]
 
 
 def test_continuous_batching_same_tokens_and_late_short_first(loaded):

@@ -145,7 +145,8 @@ class Decoder:
         self.refresh()
 
     def refresh(self) -> None:
-        """Re-read the model's modules (call after swapping layers, e.g. quantizing)."""
+        """Re-read the model's modules and weights (call after swapping layers or changing weights:
+        the packed Linear copies and the stacked QK-norm weights are copies)."""
         m = self.model
         dtype = m.wte.weight.dtype
         cos, sin = m.rope_cos.to(dtype), m.rope_sin.to(dtype)
@@ -158,8 +159,7 @@ class Decoder:
                 (
                     _fast_call(blk.attn_norm),
                     _fast_call(a.qkv, w),
-                    a.q_norm,
-                    a.k_norm,
+                    self._qk_norm(a),
                     _fast_call(a.o_proj, w),
                     _fast_call(blk.mlp_norm),
                     _fast_mlp(blk.mlp, w),
@@ -174,6 +174,21 @@ class Decoder:
             for b in m.blocks
         ]  # fmt: skip
         self.prefill_head = _fast_call(m.lm_head)
+
+    def _qk_norm(self, attn: nn.Module) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """QK-norm of the H query heads and Hkv key heads of a step ([B, H + Hkv, D]) as one
+        normalisation and one multiply by the two weights stacked per head (instead of two norms
+        and a concatenation). None when the model has no QK-norm; the module as it is when it
+        is not a plain RMSNorm."""
+        qn, kn = attn.q_norm, attn.k_norm
+        if qn is None:
+            return None
+        H, Hkv, D = self.H, self.Hkv, self.D
+        if type(qn) is not RMSNorm or type(kn) is not RMSNorm or qn.eps != kn.eps:
+            return lambda qk: torch.cat((qn(qk[:, :H]), kn(qk[:, H:])), dim=1)
+        weight = torch.cat((qn.weight.detach().expand(H, D), kn.weight.detach().expand(Hkv, D)))
+        eps = qn.eps
+        return lambda qk: F.rms_norm(qk, (D,), None, eps).mul_(weight)
 
     def prefill(self, tokens: torch.Tensor, lengths: list[int], slots: list[int]) -> torch.Tensor:
         """Whole prompts into empty cache rows: tokens [N, T] (right-padded; row i holds
@@ -216,47 +231,61 @@ class Decoder:
         last = x[torch.arange(N, device=dev), torch.as_tensor(lengths, device=dev) - 1]  # [N, C]
         return softcap(self.prefill_head(self.norm_f(last)), self.config.logit_softcap).float()
 
-    def prefill_from(self, ids: list[int], slot: int, start: int) -> torch.Tensor:
-        """The rest of one prompt into a cache row that already holds the keys/values of its
-        first `start` tokens (a cached prefix): ids go to positions start..start+len-1 and attend
-        to the cached prefix and, causally, to each other. Returns the last token's logits,
-        [1, vocab] float32. This is what makes prefix caching pay: only the new tokens are computed.
+    def prefill_from(self, ids: list[list[int]], slots: list[int], starts: list[int]) -> torch.Tensor:
+        """The rest of several prompts into cache rows that already hold the keys/values of their
+        first tokens (a cached prefix): row i's ids[i] go to positions starts[i].. of cache row
+        slots[i] and attend to that row's cached prefix and, causally, to each other. Returns each
+        row's last-token logits, [N, vocab] float32. This is what makes prefix caching pay: only
+        the new tokens are computed — for every admitted prompt in one pass, like `prefill`.
+
+        The suffixes are right-padded to the longest, T. Query t of row i sits at position
+        starts[i] + t and sees the row's keys at positions ≤ its own (a mask [N, 1, T, L] over the
+        first L positions of the rows). Only real tokens' keys/values are written to the cache,
+        with one `index_copy_` into its flat view, so padding never lands anywhere.
         """
-        T, end = len(ids), start + len(ids)
+        N, T = len(ids), max(len(i) for i in ids)
         H, Hkv, D = self.H, self.Hkv, self.D
         m = self.model
         dev = self.cache.k.device
-        tokens = torch.tensor([ids], dtype=torch.long, device=dev)
-        cos, sin = self.cos_table[start:end][:, None], self.sin_table[start:end][:, None]  # [T, 1, D]
-        # query i (at position start+i) sees keys 0..start+i
-        visible = self.positions[:end][None, :] <= (start + torch.arange(T, device=dev))[:, None]  # [T, end]
-        x = m.wte(tokens)  # [1, T, C]
+        S = self.cache.max_len
+        lengths = torch.tensor([len(i) for i in ids], device=dev)
+        start = torch.tensor(starts, device=dev)
+        tokens = torch.zeros(N, T, dtype=torch.long, device=dev)
+        for i, row in enumerate(ids):
+            tokens[i, : len(row)] = torch.tensor(row, device=dev)
+        t = torch.arange(T, device=dev)
+        pos = start[:, None] + t  # [N, T] each query's position
+        real = t[None, :] < lengths[:, None]  # [N, T] not padding
+        pos_safe = pos.clamp(max=S - 1)  # padding may run past the cache: its rotary angle is unused
+        cos, sin = self.cos_table[pos_safe][:, :, None], self.sin_table[pos_safe][:, :, None]  # [N, T, 1, D]
+        L = int((start + lengths).max())
+        visible = (self.positions[:L][None, None, :] <= pos[:, :, None])[:, None]  # [N, 1, T, L]
+        rows = torch.as_tensor(slots, device=dev)
+        # flat cache rows of every real (row, position, kv head): ((slot·Hkv + h)·S + position)
+        write_at = (self.offsets[rows][:, None, :] + pos[:, :, None])[real].reshape(-1)  # [n_real·Hkv]
+        x = m.wte(tokens)  # [N, T, C]
+        cache_dtype = self.cache.k.dtype
         for layer, (attn_norm, qkv, o_proj, mlp_norm, mlp) in enumerate(self.prefill_layers):
             a = m.blocks[layer].attn
-            h = qkv(attn_norm(x)).view(1, T, H + 2 * Hkv, D)
+            h = qkv(attn_norm(x)).view(N, T, H + 2 * Hkv, D)
             q, k, v = h[:, :, :H], h[:, :, H : H + Hkv], h[:, :, H + Hkv :]
             if a.q_norm is not None:
                 q, k = a.q_norm(q), a.k_norm(k)
-            q, k = rotate(q, cos, sin), rotate(k, cos, sin)
-            q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [1, heads, T, D]
-            kc, vc = self.cache.k[layer], self.cache.v[layer]
-            kc[slot, :, start:end] = k[0]
-            vc[slot, :, start:end] = v[0]
-            keys = kc[slot : slot + 1, :, :end].to(q.dtype)
-            values = vc[slot : slot + 1, :, :end].to(q.dtype)
+            q, k = rotate(q, cos, sin), rotate(k, cos, sin)  # [N, T, heads, D]
+            self.k_flat[layer].index_copy_(0, write_at, k[real].reshape(-1, D).to(cache_dtype))
+            self.v_flat[layer].index_copy_(0, write_at, v[real].reshape(-1, D).to(cache_dtype))
+            keys = self.cache.k[layer][rows, :, :L].to(q.dtype)  # [N, Hkv, L, D]
+            values = self.cache.v[layer][rows, :, :L].to(q.dtype)
             if Hkv != H:
                 keys, values = (
                     keys.repeat_interleave(H // Hkv, dim=1),
                     values.repeat_interleave(H // Hkv, dim=1),
                 )
-            y = F.scaled_dot_product_attention(q, keys, values, attn_mask=visible)
-            x = x + o_proj(y.transpose(1, 2).reshape(1, T, H * D))
+            y = F.scaled_dot_product_attention(q.transpose(1, 2), keys, values, attn_mask=visible)
+            x = x + o_proj(y.transpose(1, 2).reshape(N, T, H * D))
             x = x + mlp(mlp_norm(x))
-        logits = self.prefill_head(self.norm_f(x[:, -1]))
-        cap = self.config.logit_softcap
-        if cap is not None:
-            logits = cap * torch.tanh(logits / cap)
-        return logits.float()
+        last = x[torch.arange(N, device=dev), lengths - 1]  # [N, C]
+        return softcap(self.prefill_head(self.norm_f(last)), self.config.logit_softcap).float()
 
     def __call__(
         self, tokens: torch.Tensor, pos: torch.Tensor, n_rows: int, kv_len: int, same_pos: int | None = None
@@ -265,25 +294,25 @@ class Decoder:
         tokens, pos = tokens[:B], pos[:B]
         x = self.model.wte(tokens)  # [B, C]
         cos, sin = self.cos_table[pos][:, None], self.sin_table[pos][:, None]  # [B, 1, D]
-        if same_pos is not None:
-            bias = None
-        else:
+        bias = None
+        if same_pos is None:
+            write_at = (self.offsets[:B] + pos[:, None]).reshape(-1)  # [B*Hkv] rows of the flat cache
+        if self.kernel is not None:
+            lengths = pos + 1  # each row attends to its own positions 0..pos: no mask needed
+        elif same_pos is None:
             # Additive mask [B, 1, 1, kv_len]: 0 where key j <= the row's position, -inf after it.
             visible = self.positions[:kv_len][None, :] <= pos[:, None]
             bias = torch.zeros(visible.shape, dtype=x.dtype, device=x.device).masked_fill_(
                 ~visible, float("-inf")
             )
             bias = bias[:, None, None, :]
-            write_at = (self.offsets[:B] + pos[:, None]).reshape(-1)  # [B*Hkv] rows of the flat cache
-        if self.kernel is not None:
-            lengths = pos + 1  # each row attends to its own positions 0..pos: no mask needed
         cache_dtype = self.cache.k.dtype
 
-        for layer, (attn_norm, qkv, q_norm, k_norm, o_proj, mlp_norm, mlp) in enumerate(self.layers):
+        for layer, (attn_norm, qkv, qk_norm, o_proj, mlp_norm, mlp) in enumerate(self.layers):
             h = qkv(attn_norm(x)).view(B, H + 2 * Hkv, D)
             qk, v = h[:, : H + Hkv], h[:, H + Hkv :]
-            if q_norm is not None:
-                qk = torch.cat((q_norm(qk[:, :H]), k_norm(qk[:, H:])), dim=1)
+            if qk_norm is not None:
+                qk = qk_norm(qk)
             qk = rotate(qk, cos, sin)
             q, k = qk[:, :H], qk[:, H:]
             kc, vc = self.cache.k[layer], self.cache.v[layer]  # [Bmax, Hkv, S, D]

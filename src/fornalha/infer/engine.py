@@ -53,7 +53,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -278,6 +278,10 @@ class Engine:
         self._bytes_cache: dict[int, bytes] = {}
         self._special_ids = frozenset(getattr(tokenizer, "special_ids", {}).values())
         self._grammar_vocabulary: GrammarVocabulary | None = None  # built on the first grammar
+        # How to build this engine again in another process (a picklable function returning an
+        # Engine), set by whoever loaded it from a run folder: `fornalha serve` runs its decode
+        # loop in a process of its own (fornalha.serve.engine_process). None: only in this process.
+        self.recipe: Callable[[], Engine] | None = None
 
     def grammar_vocabulary(self) -> GrammarVocabulary:
         """The tokenizer prepared for grammar masks (`fornalha.infer.constrained`), built once."""
@@ -419,8 +423,13 @@ class Engine:
         return events
 
     def _slot_tokens(self, slot: int) -> list[int]:
+        """The tokens whose keys/values the slot holds now. A sequence admitted in this step and
+        not yet prefilled already holds its cached prefix there: requests arriving together with
+        the same system prompt all share it."""
         seq = self._slots[slot]
-        return self._held[slot] if seq is None else seq.cached_tokens(self._pos[slot])
+        if seq is None:
+            return self._held[slot]
+        return seq.cached_tokens(max(self._pos[slot], seq.cached_prefix))
 
     def _place(self, seq: _Sequence) -> int:
         """Pick a free slot for `seq`; with prefix caching, set up the longest cached prefix in it.
@@ -454,16 +463,19 @@ class Engine:
 
     def _prefill(self, seqs: list[_Sequence], events: list[Event]) -> None:
         """Run the prompts through the model and sample their first tokens: those without a cached
-        prefix together (right-padded), those with one each from where its prefix ends."""
+        prefix together (right-padded), those with one together from where each one's prefix ends."""
         plain = [s for s in seqs if s.cached_prefix == 0]
         rows = {s.id: i for i, s in enumerate(seqs)}
         logits = torch.empty(len(seqs), self.config.vocab_size, device=self.device)
         if plain:
             logits[[rows[s.id] for s in plain]] = self._prefill_plain(plain)
-        for s in seqs:
-            if s.cached_prefix:
-                logits[rows[s.id]] = self.decoder.prefill_from(s.prompt_ids[s.cached_prefix :], s.slot,
-                                                               s.cached_prefix)[0]  # fmt: skip
+        cached = [s for s in seqs if s.cached_prefix]
+        if cached:
+            logits[[rows[s.id] for s in cached]] = self.decoder.prefill_from(
+                [s.prompt_ids[s.cached_prefix :] for s in cached],
+                [s.slot for s in cached],
+                [s.cached_prefix for s in cached],
+            )
         lengths = [len(s.prompt_ids) for s in seqs]
         slots = [s.slot for s in seqs]
         slot_idx = torch.tensor(slots, device=self.device)

@@ -137,5 +137,7 @@ torch::Tensor decode_attention(torch::Tensor q, torch::Tensor k, torch::Tensor v
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("decode_attention", &decode_attention, "decode attention over a float16 KV cache");
+  // Without the GIL: the HTTP thread of a server keeps running while a step attends.
+  m.def("decode_attention", &decode_attention, "decode attention over a float16 KV cache",
+        py::call_guard<py::gil_scoped_release>());
 }
