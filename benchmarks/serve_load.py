@@ -83,13 +83,19 @@ def train_run(tmp: Path, minutes: float) -> Path:
 
 
 def rss_kib(pid: int) -> int:
+    """Resident memory of the process and all its descendants (fornalha's engine process, the
+    shell that execs llama-server), in KiB."""
+    total = 0
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except OSError:
+                total += int(line.split()[1])
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            for child in (task / "children").read_text().split():
+                total += rss_kib(int(child))
+    except (OSError, ValueError):
         pass
-    return 0
+    return total
 
 
 def wait_ready(url: str, proc: subprocess.Popen, timeout: float) -> None:

@@ -8,6 +8,7 @@ finish for at most --drain-timeout seconds, and exits 0.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from pathlib import Path
@@ -20,6 +21,30 @@ from fornalha.errors import ConfigError, FornalhaError
 
 def _opt(flag: str, env: str, help: str) -> typer.models.OptionInfo:  # noqa: A002
     return typer.Option(flag, envvar=env, help=help)
+
+
+def engine_recipe(run: Path, device: str, max_batch: int):  # noqa: ANN201 - an Engine
+    """The engine process's engine (fornalha.serve.engine_process): the run's best checkpoint
+    with `max_batch` slots and prefix caching, as `fornalha serve` decodes with."""
+    from fornalha.cli.infer import _load_engine
+
+    return _load_engine(run, "best", device, "auto", max_batch, prefix_caching=True)[0]
+
+
+def serving_threads(threads: int | None) -> int:
+    """The model's thread count on a CPU: `threads`, or every core but one. The HTTP side (and,
+    on a laptop, the clients) needs a core of its own: when the model's threads compete with it
+    for every core, each small parallel operation of a decode step waits for a descheduled
+    thread. On 2 cores under 16 streams, 1 thread gave 1.1x the throughput of 2, and one stream
+    1.8x (benchmarks/LOG.md, 2026-12-01)."""
+    if threads is not None:
+        if threads < 1:
+            raise ConfigError(f"--threads must be >= 1, got {threads}")
+        return threads
+    import torch
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 2
+    return max(1, min(torch.get_num_threads(), cores - 1))  # torch's default: the physical cores
 
 
 def serve_command(
@@ -45,6 +70,23 @@ def serve_command(
         int, _opt("--max-queue", "FORNALHA_MAX_QUEUE", "Sequences that may wait for a slot; beyond: 429.")
     ] = 64,
     device: Annotated[str, _opt("--device", "FORNALHA_DEVICE", "auto, cpu, cuda or mps.")] = "auto",
+    engine_mode: Annotated[
+        str,
+        _opt(
+            "--engine",
+            "FORNALHA_ENGINE",
+            "process: the decode loop in a process of its own (no lock shared with the HTTP side); "
+            "thread: in a thread of the server's process.",
+        ),
+    ] = "process",
+    threads: Annotated[
+        int | None,
+        _opt(
+            "--threads",
+            "FORNALHA_THREADS",
+            "PyTorch threads for the model on a CPU (default: cores - 1, leaving one to the HTTP side).",
+        ),
+    ] = None,
     rate_limit: Annotated[
         float | None,
         _opt("--rate-limit", "FORNALHA_RATE_LIMIT", "Requests per second per key (default: none)."),
@@ -153,7 +195,20 @@ def serve_command(
 
         rec = Recommender(recommender)
     passages = _read_docs(docs, retrieval, docs_top_k)
-    engine, tokenizer = _load_engine(run, "best", device, "auto", max_batch, prefix_caching=True)
+    if engine_mode not in ("process", "thread"):
+        raise ConfigError(f"--engine must be process or thread, got {engine_mode!r}")
+    process = engine_mode == "process"
+    n_threads = serving_threads(threads)
+    # With an engine process, this process's engine serves embeddings and checks only: one slot.
+    engine, tokenizer = _load_engine(run, "best", device, "auto", 1 if process else max_batch,
+                                     prefix_caching=not process)  # fmt: skip
+    cpu = engine.device.type == "cpu"
+    if cpu:
+        import torch
+
+        torch.set_num_threads(n_threads)
+    if process:
+        engine.recipe = functools.partial(engine_recipe, run, device, max_batch)
     retriever = _docs_retriever(passages, retrieval, engine, tokenizer)
     if rec is not None:  # cold-only histories: nearest items by this LM's text embedding (/v1/embeddings)
         from fornalha.assistant import engine_embedder
@@ -165,10 +220,10 @@ def serve_command(
     app = create_app(
         engine, tokenizer, model_name=name, api_keys=keys, rate_limit=rate_limit, rate_burst=rate_burst,
         max_queue=max_queue, request_timeout=request_timeout, store=store, model_version=version,
-        retriever=retriever, docs_top_k=docs_top_k,
+        retriever=retriever, docs_top_k=docs_top_k, engine_process=process, engine_threads=n_threads if cpu else None,
     )  # fmt: skip
     if registry is not None:
-        _serve_registry(app, registry, registry_poll, admin_keys_file, run, device, max_batch, db)
+        _serve_registry(app, registry, registry_poll, admin_keys_file, run, device, max_batch, db, process)
     app.state.extra_routers.append(web.router)  # GET / (the chat page) and POST /v1/feedback
     if rec is not None:
         from fornalha.recommend.api import build_router
@@ -201,7 +256,7 @@ def serve_command(
 
 
 def _serve_registry(app, registry: Path, poll: float, admin_keys_file: Path | None, first: Path, device: str,
-                    max_batch: int, db: str | None = None) -> None:  # fmt: skip
+                    max_batch: int, db: str | None = None, process: bool = False) -> None:  # fmt: skip
     """Issue 15: watch the registry's champion alias; mount POST /admin/reload and /admin/promote (serve/swap.py)."""
     import functools
 
@@ -217,7 +272,12 @@ def _serve_registry(app, registry: Path, poll: float, admin_keys_file: Path | No
     def load(path: Path):  # noqa: ANN202 - an Engine, built in a worker thread
         if file_sha256(path / "tokenizer" / "tokenizer.json") != tokenizer_sha:
             raise SwapError(f"{path} has another tokenizer than the version being served; restart the server")
-        return _load_engine(path, "best", device, "auto", max_batch, prefix_caching=True)[0]
+        engine = _load_engine(
+            path, "best", device, "auto", 1 if process else max_batch, prefix_caching=not process
+        )[0]
+        if process:  # the new version's engine process is built from this
+            engine.recipe = functools.partial(engine_recipe, path, device, max_batch)
+        return engine
 
     slot = app.state.slot
     from fornalha.improve.gate import promote_through_gate

@@ -48,6 +48,7 @@ from fornalha.infer.engine import Engine, Event
 from fornalha.infer.sampling import SamplingParams
 from fornalha.serve.async_engine import AsyncEngine, EngineStopped, QueueFull, RequestTimeout
 from fornalha.serve.auth import KeyChecker, RateLimiter
+from fornalha.serve.engine_process import ProcessEngine
 from fornalha.serve.errors import APIError, error_body, install_error_handlers
 from fornalha.serve.metrics import Metrics
 from fornalha.serve.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, _Sampling
@@ -130,8 +131,12 @@ def create_app(
     model_version: str | None = None,
     retriever: Retriever | None = None,
     docs_top_k: int = 3,
+    engine_process: bool = False,
+    engine_threads: int | None = None,
 ) -> FastAPI:
-    """The server for `engine` (which it runs in its own thread from startup to shutdown).
+    """The server for `engine`, whose decode loop runs from startup to shutdown in a thread of
+    this process, or with `engine_process` (and an `engine.recipe`) in a process of its own with
+    `engine_threads` PyTorch threads (fornalha.serve.engine_process says why).
 
     api_keys: accepted keys (None or empty: no authentication). rate_limit: requests per second
     per key (None: unlimited), with bursts of rate_burst. max_queue: sequences that may wait for
@@ -145,7 +150,7 @@ def create_app(
 
     hits: dict[int, int] = {}  # engine id -> prefix-hit tokens already counted (hot swap: several engines)
 
-    def on_step(eng: Engine) -> None:
+    def on_step(eng: Any) -> None:  # the Engine, or the engine process's EngineStats
         metrics.queue_depth.set(eng.num_waiting)
         metrics.running.set(eng.num_running)
         seen = hits.get(id(eng), 0)
@@ -154,6 +159,9 @@ def create_app(
             hits[id(eng)] = eng.prefix_hit_tokens
 
     def make_runner(eng: Engine) -> AsyncEngine:
+        if engine_process and eng.recipe is not None:  # the decode loop in a process of its own
+            return ProcessEngine(eng, max_queue=max_queue, request_timeout=request_timeout, on_step=on_step,
+                                 threads=engine_threads)  # fmt: skip
         return AsyncEngine(eng, max_queue=max_queue, request_timeout=request_timeout, on_step=on_step)
 
     slot = ModelSlot(Served(make_runner(engine), model_version), make_runner)

@@ -97,7 +97,11 @@ class ModelSlot:
                     f"the server was started with {old_engine.config.vocab_size} and {old_engine.max_seq_len}: restart it"
                 )
             runner = self.make_runner(engine)
-            runner.start()
+            try:  # an engine process loads for seconds: the streams in flight go on meanwhile
+                await asyncio.to_thread(runner.start)
+            except Exception as exc:
+                runner.stop()
+                raise SwapError(f"cannot start version {version}: {exc}") from exc
             old, self.current = self.current, Served(runner, version)
             self.swaps += 1
             self.retiring.append(old)

@@ -1,0 +1,267 @@
+"""The engine's decode loop in a process of its own: what `fornalha serve` runs by default.
+
+`AsyncEngine` (async_engine.py) runs the loop in a thread of the server's process. That thread and
+the HTTP side then share one interpreter lock (GIL): a decode step is ~150 small PyTorch calls,
+each of which gives the lock up and must take it back, and whenever the HTTP side is formatting
+and writing a burst of stream chunks the step waits for it. On 2 cores under 16 streams the step
+took 6.0 ms in the server against 3.7 ms alone, and a Python thread busy 20 % of the time cost
+the engine ~20 % of its tokens (benchmarks/LOG.md, 2026-12-01). vLLM moved its engine core into
+a separate process for the same reason.
+
+So here the loop runs in a child process that builds its own copy of the engine (`engine.recipe`,
+set by whoever loaded the engine from a run folder) and owns the KV cache::
+
+    server process                                   engine process
+    ──────────────                                   ──────────────
+    generate(): ("add", key, ids, params)  ── pipe ─►  add_request
+    leaving early: ("abort", key)          ── pipe ─►  abort
+                                                      step() while anything runs
+    reader thread: events → asyncio queues ◄─ pipe ──  ("events", [(key, Event)], stats) per step
+
+The server keeps its own `Engine` for what is not the decode loop — embeddings, retrieval, the
+explain view, the checks of a hot swap (`call` runs them on one worker thread of the server) —
+built with one cache slot. The asyncio side (`reserve`, `generate`, timeouts, aborts, back-pressure)
+is `AsyncEngine`'s, unchanged. If the engine process dies, every request in flight and every later
+one fails at once with `EngineStopped` (a 503), as when the engine thread dies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import multiprocessing as mp
+import threading
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any
+
+from fornalha.infer.engine import Engine, Event
+from fornalha.serve.async_engine import AsyncEngine, EngineStopped, _deliver, _Handle
+
+
+@dataclass
+class EngineStats:
+    """What `on_step` reads of the engine process after each step (the metrics' gauges)."""
+
+    num_waiting: int = 0
+    num_running: int = 0
+    prefix_hit_tokens: int = 0
+
+
+def _child_main(recipe: Callable[[], Engine], threads: int | None, conn: Connection) -> None:
+    """The engine process: build the engine, then run commands and steps until told to stop."""
+    try:
+        import torch
+
+        if threads is not None:
+            torch.set_num_threads(threads)
+        engine = recipe()
+    except BaseException as exc:  # noqa: BLE001 - reported to the server, which fails to start
+        conn.send(("dead", f"{type(exc).__name__}: {exc}"))
+        return
+    conn.send(("ready", engine.max_batch_size))
+    keys: dict[int, int] = {}  # engine request id -> the server's handle key
+    ids: dict[int, int] = {}  # handle key -> engine request id
+    last = (0, 0, 0)  # the stats last sent
+    try:
+        while True:
+            busy = engine.has_unfinished()
+            wait: float | None = 0.0 if busy else None  # idle: sleep until a command arrives
+            while conn.poll(wait):
+                wait = 0.0
+                cmd = conn.recv()
+                if cmd[0] == "add":
+                    _, key, prompt, params = cmd
+                    try:
+                        rid = engine.add_request(prompt, params, add_bos=False)
+                    except Exception as exc:  # bad input the server did not catch: that request fails
+                        conn.send(("failed", key, exc))
+                        continue
+                    keys[rid], ids[key] = key, rid
+                    if params.max_new_tokens == 0:
+                        engine.discard(rid)
+                elif cmd[0] == "abort":
+                    rid = ids.pop(cmd[1], None)
+                    if rid is not None:
+                        keys.pop(rid, None)
+                        engine.abort(rid)
+                        engine.discard(rid)
+                elif cmd[0] == "stop":
+                    return
+            if not engine.has_unfinished():
+                stats = (engine.num_waiting, engine.num_running, engine.prefix_hit_tokens)
+                if stats != last:  # an abort emptied the batch: the gauges say so without a step
+                    conn.send(("events", [], stats))
+                    last = stats
+                continue
+            out = []
+            for ev in engine.step():
+                key = keys.get(ev.request_id)
+                if ev.finished:
+                    engine.discard(ev.request_id)
+                    keys.pop(ev.request_id, None)
+                    if key is not None:
+                        ids.pop(key, None)
+                if key is not None:
+                    out.append((key, ev))
+            last = (engine.num_waiting, engine.num_running, engine.prefix_hit_tokens)
+            conn.send(("events", out, last))
+    except (EOFError, OSError):  # the server went away
+        return
+    except BaseException:  # noqa: BLE001 - the engine broke: say why, then exit
+        conn.send(("dead", traceback.format_exc()))
+
+
+class ProcessEngine(AsyncEngine):
+    """`AsyncEngine` with the decode loop in a child process built from `engine.recipe`.
+
+    engine: the server's own copy (for `call`); its `recipe` builds the child's.
+    threads: PyTorch threads of the child (None: PyTorch's default).
+    start_timeout: seconds the child may take to load the model.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        max_queue: int = 64,
+        request_timeout: float | None = None,
+        on_step: Callable[[Any], None] | None = None,
+        threads: int | None = None,
+        start_timeout: float = 300.0,
+    ) -> None:
+        if engine.recipe is None:
+            raise ValueError("ProcessEngine needs an engine loaded from a run folder (engine.recipe)")
+        super().__init__(engine, max_queue, request_timeout, on_step)
+        self.max_queue = max_queue
+        self.threads = threads
+        self.start_timeout = start_timeout
+        self.stats = EngineStats()
+        self._handles: dict[int, _Handle] = {}
+        self._lock = threading.Lock()  # the pipe's sending end is shared by the event loop and call()
+        self._calls = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="fornalha-calls")
+        self._conn: Connection | None = None
+        self._proc: mp.process.BaseProcess | None = None
+
+    # ---- lifecycle ----------------------------------------------------------------------------
+    def start(self) -> None:
+        ctx = mp.get_context("spawn")  # never fork a process that holds PyTorch's thread pools
+        parent, child = ctx.Pipe()
+        self._proc = ctx.Process(
+            target=_child_main, args=(self.engine.recipe, self.threads, child), name="fornalha-engine",
+            daemon=True,
+        )  # fmt: skip
+        self._proc.start()
+        child.close()
+        self._conn = parent
+        if not parent.poll(self.start_timeout):
+            self._proc.kill()
+            raise EngineStopped(f"the engine process did not start in {self.start_timeout:.0f} s")
+        msg = parent.recv()
+        if msg[0] != "ready":
+            raise EngineStopped(f"the engine process failed to start: {msg[1]}")
+        self.capacity = msg[1] + self.max_queue  # the engine process's slots, not the server copy's
+        self._thread = threading.Thread(target=self._read, name="fornalha-engine-reader", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        if self._proc is not None and self._proc.is_alive():
+            with contextlib.suppress(OSError):
+                self._send(("stop",))
+            self._proc.join(timeout)
+            if self._proc.is_alive():
+                self._proc.kill()
+                self._proc.join(timeout)
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self._calls.shutdown(wait=False, cancel_futures=True)
+
+    @property
+    def alive(self) -> bool:
+        return (
+            self._proc is not None
+            and self._proc.is_alive()
+            and self._thread is not None
+            and self._thread.is_alive()
+            and self.error is None
+        )
+
+    @property
+    def pid(self) -> int | None:
+        """The engine process's id (tests kill it to check the 503s)."""
+        return None if self._proc is None else self._proc.pid
+
+    # ---- talking to the engine process --------------------------------------------------------
+    def _send(self, msg: tuple) -> None:
+        assert self._conn is not None
+        with self._lock:
+            self._conn.send(msg)
+
+    def _post(self, *command: Any) -> None:
+        kind = command[0]
+        if kind == "add":
+            _, handle, ids, params = command
+            self._handles[handle.key] = handle
+            try:
+                self._send(("add", handle.key, ids, params))
+            except OSError as exc:
+                self._handles.pop(handle.key, None)
+                handle.loop.call_soon_threadsafe(handle.events.put_nowait, self._stopped(exc))
+        elif kind == "abort":
+            if self._handles.pop(command[1], None) is not None:
+                with contextlib.suppress(OSError):
+                    self._send(("abort", command[1]))
+        else:
+            raise ValueError(f"unknown command {kind!r}")
+
+    async def call(self, fn: Callable[[Engine], Any]) -> Any:
+        """Run fn(engine) on the server's own engine (one call at a time, off the event loop)."""
+        self.check_alive()
+        return await asyncio.wrap_future(self._calls.submit(fn, self.engine))
+
+    def _stopped(self, cause: BaseException | str) -> EngineStopped:
+        stopped = EngineStopped(f"the engine stopped: {cause}")
+        if isinstance(cause, BaseException):
+            stopped.__cause__ = cause
+        return stopped
+
+    def _read(self) -> None:
+        """The reader thread: each step's events into their requests' asyncio queues."""
+        assert self._conn is not None
+        try:
+            while True:
+                msg = self._conn.recv()
+                if msg[0] == "events":
+                    _, events, (waiting, running, hits) = msg
+                    out: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, Event]]] = {}
+                    for key, ev in events:
+                        h = self._handles.get(key)
+                        if h is None:
+                            continue
+                        if ev.finished:
+                            self._handles.pop(key, None)
+                        out.setdefault(h.loop, []).append((h.events, ev))
+                    for loop, batch in out.items():
+                        loop.call_soon_threadsafe(_deliver, batch)
+                    self.stats.num_waiting, self.stats.num_running = waiting, running
+                    self.stats.prefix_hit_tokens = hits
+                    if self.on_step is not None:
+                        self.on_step(self.stats)
+                elif msg[0] == "failed":
+                    h = self._handles.pop(msg[1], None)
+                    if h is not None:
+                        h.loop.call_soon_threadsafe(h.events.put_nowait, msg[2])
+                elif msg[0] == "dead":
+                    raise RuntimeError(msg[1])
+        except BaseException as exc:  # noqa: BLE001 - the pipe closed or the engine died
+            if self._stop.is_set():
+                return
+            self.error = exc if not isinstance(exc, EOFError) else RuntimeError("the engine process exited")
+            stopped = self._stopped(self.error)
+            for h in list(self._handles.values()):
+                h.loop.call_soon_threadsafe(h.events.put_nowait, stopped)
+            self._handles.clear()
+            print(f"fornalha: the engine process stopped: {self.error}", flush=True)
