@@ -167,3 +167,28 @@ def test_int8_decode_weights_run_a_quantized_model_through_the_fused_kernel(trai
     b = Engine(model, tok, max_batch_size=2, decode_weights="int8").generate(["It is a truth"], params)
     assert a[0].completions[0].token_ids == b[0].completions[0].token_ids
     assert len(a[0].completions[0].token_ids) == 12
+
+
+@needs_fbgemm
+@pytest.mark.parametrize("packed", [True, False], ids=["packed-prefill", "model-weights-prefill"])
+def test_prefill_with_either_weights_matches_the_model(monkeypatch, packed):
+    """Where the packed fp16 copy multiplies prefill-sized products faster than BLAS on the model's
+    weights (measured when the decoder is built), prefill runs on it too; either way its logits
+    are GPT.forward's up to fp16 rounding, and the choice is the one made."""
+    import fornalha.infer.decode as decode
+    from fornalha.infer.decode import Decoder
+    from fornalha.model.gpt import KVCache
+
+    monkeypatch.setattr(decode, "_packed_wins", lambda *a, **k: packed)
+    torch.manual_seed(0)
+    model = GPT(tiny_config(init_std=0.3)).eval()
+    dec = Decoder(model, KVCache.allocate(model.config, 2, 32), "fp16")
+    assert dec.prefill_packed is packed
+    prompts = torch.randint(7, 263, (2, 9))
+    with torch.no_grad():
+        want, _ = model(prompts)
+        got = dec.prefill(prompts, [9, 9], [0, 1])
+        rest = dec.prefill_from([prompts[0, 9:].tolist() + [5, 6]], [0], [9])
+        full, _ = model(torch.cat((prompts[0], torch.tensor([5, 6])))[None])
+    torch.testing.assert_close(got, want[:, -1], atol=5e-3, rtol=5e-3)
+    torch.testing.assert_close(rest[0], full[0, -1], atol=5e-3, rtol=5e-3)

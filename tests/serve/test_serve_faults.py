@@ -137,7 +137,9 @@ def test_non_streamed_request_cancelled_when_client_leaves(tmp_path):
         done = httpx.post(srv.url + "/v1/completions", json=body, headers=H, timeout=120).json()
         full = time.monotonic() - t0
         # the slots were free long before the request would have ended on its own
-        assert freed < full / 3, f"slots freed {freed:.2f} s after the client left; the whole request takes {full:.2f} s"
+        assert freed < full / 3, (
+            f"slots freed {freed:.2f} s after the client left; the whole request takes {full:.2f} s"
+        )
         assert done["usage"]["completion_tokens"] == 4 * 2000  # ignore_eos: every sample to max_tokens
         assert {c["finish_reason"] for c in done["choices"]} == {"length"}
         assert counter("fornalha_completion_tokens_total") - before == done["usage"]["completion_tokens"]
@@ -205,7 +207,13 @@ def test_a_killed_engine_process_answers_503_at_once(tmp_path):
     srv = Server(make_run(tmp_path, block_size=2048), "--max-batch", "4")
     try:
         child = _engine_process(srv.proc.pid)
-        body = {"model": "tiny", "prompt": "the quick", "max_tokens": 2000, "ignore_eos": True, "stream": True}
+        body = {
+            "model": "tiny",
+            "prompt": "the quick",
+            "max_tokens": 2000,
+            "ignore_eos": True,
+            "stream": True,
+        }
         lines = []
         t0 = time.monotonic()
         with httpx.stream("POST", srv.url + "/v1/completions", json=body, headers=H, timeout=30) as r:

@@ -42,6 +42,7 @@ the full cache length, with a mask instead of slicing, so one compiled graph (a 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from functools import partial
 
@@ -95,6 +96,27 @@ def _fast_mlp(mlp: nn.Module, weights: str | None = None) -> Callable[[torch.Ten
         return fused
     gate = _fast_call(g, weights)
     return lambda x: down(F.silu(gate(x)) * up(x))
+
+
+def _packed_wins(linear: nn.Module, packed: Callable[[torch.Tensor], torch.Tensor], rows: int = 64) -> bool:
+    """True when the packed copy of `linear` multiplies `rows` rows at least 1.3x faster than the
+    model's own weights (best of 5 each: a few milliseconds, once per engine). The margin keeps a
+    near-tie from flipping the choice between runs."""
+    if type(linear) is not nn.Linear or linear.weight.device.type != "cpu":
+        return False
+    x = torch.randn(rows, linear.in_features, dtype=linear.weight.dtype)
+
+    def best(fn: Callable[[torch.Tensor], torch.Tensor]) -> float:
+        times = []
+        with torch.inference_mode():
+            fn(x)
+            for _ in range(5):
+                t = time.perf_counter()
+                fn(x)
+                times.append(time.perf_counter() - t)
+        return min(times)
+
+    return best(packed) * 1.3 <= best(partial(F.linear, weight=linear.weight))
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -166,14 +188,22 @@ class Decoder:
                 )
             )
         self.norm_f, self.lm_head = _fast_call(m.norm_f), _fast_call(m.lm_head, w)
-        # Prefill multiplies many rows at once: a matrix-matrix product, bound by arithmetic, where
-        # the model's own weights and BLAS beat the packed copies (fbgemm fp16 is ~4x slower there).
-        self.prefill_layers = [
-            (_fast_call(b.attn_norm), _fast_call(b.attn.qkv), _fast_call(b.attn.o_proj), _fast_call(b.mlp_norm),
-             _fast_mlp(b.mlp))
-            for b in m.blocks
-        ]  # fmt: skip
-        self.prefill_head = _fast_call(m.lm_head)
+        # Prefill multiplies many rows at once: a matrix-matrix product, bound by arithmetic. Which
+        # is faster there, the model's own weights through BLAS or the packed copies, depends on the
+        # CPU and its BLAS: fbgemm's fp16 kernel was ~4x slower than MKL on the Intel CPU this was
+        # first written on, and 2.3x *faster* on an AMD EPYC (where MKL does not take its fastest
+        # path) — so it is measured once, here, on a prefill-sized product.
+        self.prefill_packed = w is not None and _packed_wins(m.blocks[0].attn.qkv, self.layers[0][1])
+        if self.prefill_packed:
+            self.prefill_layers = [(n, qkv, o, mn, mlp) for n, qkv, _, o, mn, mlp in self.layers]
+            self.prefill_head = self.lm_head
+        else:
+            self.prefill_layers = [
+                (_fast_call(b.attn_norm), _fast_call(b.attn.qkv), _fast_call(b.attn.o_proj),
+                 _fast_call(b.mlp_norm), _fast_mlp(b.mlp))
+                for b in m.blocks
+            ]  # fmt: skip
+            self.prefill_head = _fast_call(m.lm_head)
 
     def _qk_norm(self, attn: nn.Module) -> Callable[[torch.Tensor], torch.Tensor] | None:
         """QK-norm of the H query heads and Hkv key heads of a step ([B, H + Hkv, D]) as one
