@@ -188,13 +188,20 @@ def test_a_failed_engine_thread_answers_503_at_once(run_dir, monkeypatch):
 
 
 def _engine_process(pid: int) -> int:
-    """The pid of `fornalha serve`'s engine process (its spawned child)."""
+    """The pid of `fornalha serve`'s engine process: a child of its fork server (or, spawned, its own)."""
     from pathlib import Path
 
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        for child in (task / "children").read_text().split():
-            if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
-                return int(child)
+    def children(p: int) -> list[int]:
+        return [
+            int(c) for t in Path(f"/proc/{p}/task").iterdir() for c in (t / "children").read_text().split()
+        ]
+
+    for child in children(pid):
+        cmd = Path(f"/proc/{child}/cmdline").read_bytes()
+        if b"forkserver" in cmd and children(child):
+            return children(child)[0]
+        if b"spawn_main" in cmd:
+            return child
     raise AssertionError("no engine process found")
 
 

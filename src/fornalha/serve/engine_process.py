@@ -8,7 +8,8 @@ took 6.0 ms in the server against 3.7 ms alone, and a Python thread busy 20 % of
 the engine ~20 % of its tokens (benchmarks/LOG.md, 2026-12-01). vLLM moved its engine core into
 a separate process for the same reason.
 
-So here the loop runs in a child process that builds its own copy of the engine (`engine.recipe`,
+So here the loop runs in a child process (forked from a fork server that imported PyTorch once)
+that builds its own copy of the engine (`engine.recipe`,
 set by whoever loaded the engine from a run folder) and owns the KV cache::
 
     server process                                   engine process
@@ -115,6 +116,18 @@ def _child_main(recipe: Callable[[], Engine], threads: int | None, conn: Connect
         conn.send(("dead", traceback.format_exc()))
 
 
+def _context() -> mp.context.BaseContext:
+    """Where engine processes come from: a fork server that imported PyTorch and fornalha once,
+    single-threaded, so each engine process (one per hot-swapped version) is a fork of it that
+    only loads its checkpoint — never a fork of the server, whose PyTorch thread pools a fork
+    would break. Where there is no fork server (Windows, macOS defaults aside): spawn."""
+    if "forkserver" not in mp.get_all_start_methods():
+        return mp.get_context("spawn")
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["torch", "fornalha.infer.engine", "fornalha.serve.engine_process"])
+    return ctx
+
+
 class ProcessEngine(AsyncEngine):
     """`AsyncEngine` with the decode loop in a child process built from `engine.recipe`.
 
@@ -147,7 +160,7 @@ class ProcessEngine(AsyncEngine):
 
     # ---- lifecycle ----------------------------------------------------------------------------
     def start(self) -> None:
-        ctx = mp.get_context("spawn")  # never fork a process that holds PyTorch's thread pools
+        ctx = _context()
         parent, child = ctx.Pipe()
         self._proc = ctx.Process(
             target=_child_main, args=(self.engine.recipe, self.threads, child), name="fornalha-engine",
