@@ -33,8 +33,10 @@ class Server:
         env: dict[str, str] | None = None,
         model_name: str = "tiny",
         timeout: float = 90,
+        new_session: bool = False,
     ) -> None:
-        """run: `--run RUN` (None: the source is in args, e.g. `--registry REG`)."""
+        """run: `--run RUN` (None: the source is in args, e.g. `--registry REG`). new_session: the
+        server leads a process group of its own, as in a terminal (`os.killpg` reaches all of it)."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         full_env = {**os.environ, "FORNALHA_API_KEYS": key, "OMP_NUM_THREADS": "1", "FORNALHA_NO_KERNELS": "1",
@@ -45,7 +47,8 @@ class Server:
         # The server's output goes to a file: a pipe nobody reads would block a chatty server.
         self.log_path = Path(tempfile.mkstemp(prefix="fornalha-serve-", suffix=".log")[1])
         with self.log_path.open("wb") as log:
-            self.proc = subprocess.Popen(cmd, env=full_env, stdout=log, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(cmd, env=full_env, stdout=log, stderr=subprocess.STDOUT,
+                                         start_new_session=new_session)  # fmt: skip
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -32,5 +32,12 @@ def make_run(root: Path, block_size: int = 160) -> Path:
 class Server(live_server.Server):
     """`fornalha serve` of a run with the serving tests' key (tests/live_server.py)."""
 
-    def __init__(self, run: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 60) -> None:
-        super().__init__(run, *args, key=KEY, env=env, timeout=timeout)
+    def __init__(
+        self,
+        run: Path,
+        *args: str,
+        env: dict[str, str] | None = None,
+        timeout: float = 60,
+        new_session: bool = False,
+    ) -> None:
+        super().__init__(run, *args, key=KEY, env=env, timeout=timeout, new_session=new_session)

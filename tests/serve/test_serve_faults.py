@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -239,3 +240,48 @@ def test_a_killed_engine_process_answers_503_at_once(tmp_path):
         assert httpx.get(srv.url + "/health").status_code == 200
     finally:
         srv.stop()
+
+
+def test_ctrl_c_to_the_process_group_drains_and_leaves_no_process(tmp_path):
+    """Ctrl-C in a terminal signals the whole process group — the server, its fork server and its
+    engine process: the stream in flight still completes (the engine process ignores the signal and
+    decodes on), the server exits 0, and no process of the group is left behind."""
+    from serve_helpers import make_run
+
+    srv = Server(make_run(tmp_path, block_size=2048), "--max-batch", "2", new_session=True)
+    try:
+        pgid = os.getpgid(srv.proc.pid)
+        got: list[str] = []
+
+        def stream() -> None:
+            body = {
+                "model": "tiny",
+                "prompt": "the quick",
+                "max_tokens": 1500,
+                "ignore_eos": True,
+                "stream": True,
+            }
+            with httpx.stream("POST", srv.url + "/v1/completions", json=body, headers=H, timeout=60) as r:
+                got.extend(line for line in r.iter_lines() if line.startswith("data: "))
+
+        t = threading.Thread(target=stream)
+        t.start()
+        time.sleep(0.3)
+        os.killpg(pgid, signal.SIGINT)
+        t.join(60)
+        assert got[-1] == "data: [DONE]", got[-2:]
+        assert json.loads(got[-2].removeprefix("data: "))["choices"][0]["finish_reason"] == "length"
+        assert srv.proc.wait(30) == 0
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(pgid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError("processes of the server's group are still running")
+    finally:
+        srv.stop()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGKILL)

@@ -32,6 +32,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import multiprocessing as mp
+import signal
 import threading
 import traceback
 from collections.abc import Callable
@@ -54,6 +55,11 @@ class EngineStats:
 
 def _child_main(recipe: Callable[[], Engine], threads: int | None, conn: Connection) -> None:
     """The engine process: build the engine, then run commands and steps until told to stop."""
+    # Ctrl-C in a terminal (and systemd's stop) signal the whole process group: the server drains
+    # its requests, which needs this process to go on decoding; it ends on "stop" or when the
+    # server's end of the pipe closes (the server died).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
         import torch
 
