@@ -62,6 +62,45 @@ def _deliver(batch: list[tuple[asyncio.Queue, Event]]) -> None:
         events.put_nowait(ev)
 
 
+class Requests:
+    """The engine side of the bridge, whatever carries its commands (a queue in `AsyncEngine`, a
+    pipe in the engine process of `fornalha.serve.engine_process`): requests known by the server's
+    key, each step's events handed back by key, finished and aborted requests forgotten."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._key_of: dict[int, int] = {}  # engine request id -> the server's key
+        self._rid_of: dict[int, int] = {}  # the server's key -> engine request id
+
+    def add(self, key: int, ids: list[int], params: SamplingParams) -> None:
+        """Queue a request (raises what `Engine.add_request` raises for bad input)."""
+        rid = self.engine.add_request(ids, params, add_bos=False)
+        self._key_of[rid], self._rid_of[key] = key, rid
+        if params.max_new_tokens == 0:  # finished at once
+            self.engine.discard(rid)
+
+    def abort(self, key: int) -> None:
+        rid = self._rid_of.pop(key, None)
+        if rid is not None:
+            self._key_of.pop(rid, None)
+            self.engine.abort(rid)
+            self.engine.discard(rid)
+
+    def step(self) -> list[tuple[int, Event]]:
+        """One engine step; its events as (key, event)."""
+        out = []
+        for ev in self.engine.step():
+            key = self._key_of.get(ev.request_id)
+            if ev.finished:
+                self.engine.discard(ev.request_id)
+                self._key_of.pop(ev.request_id, None)
+                if key is not None:
+                    self._rid_of.pop(key, None)
+            if key is not None:
+                out.append((key, ev))
+        return out
+
+
 class AsyncEngine:
     """Runs `engine` in a background thread; `generate` / `call` are awaited from asyncio.
 
@@ -114,8 +153,8 @@ class AsyncEngine:
         self._wake.set()
 
     def _run(self) -> None:
-        handles: dict[int, _Handle] = {}  # engine request id -> handle
-        by_key: dict[int, int] = {}  # handle key -> engine request id
+        handles: dict[int, _Handle] = {}  # the handle's key -> handle
+        requests = Requests(self.engine)
         eng = self.engine
         try:
             while not self._stop.is_set():
@@ -128,19 +167,14 @@ class AsyncEngine:
                     if kind == "add":
                         _, handle, ids, params = cmd
                         try:
-                            rid = eng.add_request(ids, params, add_bos=False)
+                            requests.add(handle.key, ids, params)
                         except Exception as exc:  # bad input the app did not catch: the request fails
                             handle.loop.call_soon_threadsafe(handle.events.put_nowait, exc)
                             continue
-                        handles[rid], by_key[handle.key] = handle, rid
-                        if params.max_new_tokens == 0:  # finished at once
-                            eng.discard(rid)
+                        handles[handle.key] = handle
                     elif kind == "abort":
-                        rid = by_key.pop(cmd[1], None)
-                        if rid is not None:
-                            handles.pop(rid, None)
-                            eng.abort(rid)
-                            eng.discard(rid)
+                        handles.pop(cmd[1], None)
+                        requests.abort(cmd[1])
                     elif kind == "call":
                         _, fn, fut = cmd
                         try:
@@ -151,13 +185,8 @@ class AsyncEngine:
                     # One hand-off per event loop and step, not one per token: each call_soon_threadsafe
                     # wakes the loop through its self-pipe (a system call and a loop iteration).
                     out: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, Event]]] = {}
-                    for ev in eng.step():
-                        h = handles.get(ev.request_id)
-                        if ev.finished:
-                            eng.discard(ev.request_id)
-                            if h is not None:
-                                handles.pop(ev.request_id, None)
-                                by_key.pop(h.key, None)
+                    for key, ev in requests.step():
+                        h = handles.pop(key, None) if ev.finished else handles.get(key)
                         if h is not None:
                             out.setdefault(h.loop, []).append((h.events, ev))
                     for loop, batch in out.items():

@@ -41,7 +41,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from fornalha.infer.engine import Engine, Event
-from fornalha.serve.async_engine import AsyncEngine, EngineStopped, _deliver, _Handle
+from fornalha.serve.async_engine import AsyncEngine, EngineStopped, Requests, _deliver, _Handle
 
 
 @dataclass
@@ -70,52 +70,31 @@ def _child_main(recipe: Callable[[], Engine], threads: int | None, conn: Connect
         conn.send(("dead", f"{type(exc).__name__}: {exc}"))
         return
     conn.send(("ready", engine.max_batch_size))
-    keys: dict[int, int] = {}  # engine request id -> the server's handle key
-    ids: dict[int, int] = {}  # handle key -> engine request id
-    last = (0, 0, 0)  # the stats last sent
+    requests = Requests(engine)
+    last = (0, 0, 0)  # the gauges last sent
     try:
         while True:
-            busy = engine.has_unfinished()
-            wait: float | None = 0.0 if busy else None  # idle: sleep until a command arrives
+            wait: float | None = 0.0 if engine.has_unfinished() else None  # idle: sleep until a command
             while conn.poll(wait):
                 wait = 0.0
                 cmd = conn.recv()
                 if cmd[0] == "add":
-                    _, key, prompt, params = cmd
                     try:
-                        rid = engine.add_request(prompt, params, add_bos=False)
+                        requests.add(*cmd[1:])
                     except Exception as exc:  # bad input the server did not catch: that request fails
-                        conn.send(("failed", key, exc))
-                        continue
-                    keys[rid], ids[key] = key, rid
-                    if params.max_new_tokens == 0:
-                        engine.discard(rid)
+                        try:
+                            conn.send(("failed", cmd[1], exc))
+                        except Exception:  # an exception that does not pickle: its message then
+                            conn.send(("failed", cmd[1], RuntimeError(f"{type(exc).__name__}: {exc}")))
                 elif cmd[0] == "abort":
-                    rid = ids.pop(cmd[1], None)
-                    if rid is not None:
-                        keys.pop(rid, None)
-                        engine.abort(rid)
-                        engine.discard(rid)
+                    requests.abort(cmd[1])
                 elif cmd[0] == "stop":
                     return
-            if not engine.has_unfinished():
-                stats = (engine.num_waiting, engine.num_running, engine.prefix_hit_tokens)
-                if stats != last:  # an abort emptied the batch: the gauges say so without a step
-                    conn.send(("events", [], stats))
-                    last = stats
-                continue
-            out = []
-            for ev in engine.step():
-                key = keys.get(ev.request_id)
-                if ev.finished:
-                    engine.discard(ev.request_id)
-                    keys.pop(ev.request_id, None)
-                    if key is not None:
-                        ids.pop(key, None)
-                if key is not None:
-                    out.append((key, ev))
-            last = (engine.num_waiting, engine.num_running, engine.prefix_hit_tokens)
-            conn.send(("events", out, last))
+            out = requests.step() if engine.has_unfinished() else []
+            stats = (engine.num_waiting, engine.num_running, engine.prefix_hit_tokens)
+            if out or stats != last:  # (an abort that emptied the batch: the gauges say so, no step)
+                conn.send(("events", out, stats))
+                last = stats
     except (EOFError, OSError):  # the server went away
         return
     except BaseException:  # noqa: BLE001 - the engine broke: say why, then exit
