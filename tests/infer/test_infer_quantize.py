@@ -192,3 +192,21 @@ def test_prefill_with_either_weights_matches_the_model(monkeypatch, packed):
         full, _ = model(torch.cat((prompts[0], torch.tensor([5, 6])))[None])
     torch.testing.assert_close(got, want[:, -1], atol=5e-3, rtol=5e-3)
     torch.testing.assert_close(rest[0], full[0, -1], atol=5e-3, rtol=5e-3)
+
+
+@needs_fbgemm
+@pytest.mark.parametrize("weights", ["int8", "dynamic"])
+def test_prefill_never_runs_on_int8_weights(weights):
+    """Only fp16 weights may serve prefill: the int8 kernel takes 2-D inputs (a prompt batch is 3-D:
+    it failed there) and dynamic int8 quantizes activations per call, across prompts."""
+    from fornalha.infer.decode import Decoder
+    from fornalha.model.gpt import KVCache
+
+    torch.manual_seed(0)
+    model = GPT(tiny_config(init_std=0.3)).eval()
+    dec = Decoder(model, KVCache.allocate(model.config, 2, 32), weights)
+    assert not dec.prefill_packed
+    prompts = torch.randint(7, 263, (2, 9))
+    with torch.no_grad():
+        want, _ = model(prompts)
+        torch.testing.assert_close(dec.prefill(prompts, [9, 9], [0, 1]), want[:, -1], atol=1e-5, rtol=1e-5)

@@ -193,7 +193,9 @@ class Decoder:
         # CPU and its BLAS: fbgemm's fp16 kernel was ~4x slower than MKL on the Intel CPU this was
         # first written on, and 2.3x *faster* on an AMD EPYC (where MKL does not take its fastest
         # path) — so it is measured once, here, on a prefill-sized product.
-        self.prefill_packed = w is not None and _packed_wins(m.blocks[0].attn.qkv, self.layers[0][1])
+        # (fp16 only: the int8 kernel takes 2-D inputs and "dynamic" quantizes activations per call,
+        # which for a prompt would make its keys depend on the other prompts of the batch.)
+        self.prefill_packed = w == "fp16" and _packed_wins(m.blocks[0].attn.qkv, self.layers[0][1])
         if self.prefill_packed:
             self.prefill_layers = [(n, qkv, o, mn, mlp) for n, qkv, _, o, mn, mlp in self.layers]
             self.prefill_head = self.lm_head
