@@ -77,7 +77,23 @@ class Server:
         return self.log_path.read_text(errors="replace")
 
     def rss_kib(self) -> int:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-        raise RuntimeError("no VmRSS")
+        """Resident memory of the server and every process under it (its fork server and engine
+        process: the KV cache lives there), in KiB."""
+
+        def rss(pid: int) -> int:
+            status = Path(f"/proc/{pid}/status").read_text().splitlines()
+            own = next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
+            kids = [
+                int(c)
+                for t in Path(f"/proc/{pid}/task").iterdir()
+                for c in (t / "children").read_text().split()
+            ]
+            return own + sum(rss_or_0(k) for k in kids)
+
+        def rss_or_0(pid: int) -> int:  # a child may exit while it is read
+            try:
+                return rss(pid)
+            except (OSError, StopIteration):
+                return 0
+
+        return rss(self.proc.pid)
