@@ -9,7 +9,8 @@ Every client loops: one streamed chat completion (``stream_options.include_usage
 count is the server's exact ``usage.completion_tokens``), then the next, for `--requests` rounds.
 Per level: aggregate output tokens/s (all completion tokens / wall time), p50/p99 time to first
 token, p50/p99 inter-token latency (gaps between content chunks), errors (non-200, broken
-streams) and the server's peak RSS. llama.cpp: `bash benchmarks/llamacpp_server.sh RUN PORT NP`
+streams) and the server's peak memory with its child processes, as summed RSS and as PSS (pages
+shared between processes counted once). llama.cpp: `bash benchmarks/llamacpp_server.sh RUN PORT NP`
 must start `llama-server` on 127.0.0.1:PORT; if the script is missing or fails, its figures are
 null and the reason is in the JSON. The last stdout line is JSON.
 
@@ -98,6 +99,23 @@ def rss_kib(pid: int) -> int:
     return total
 
 
+def pss_kib(pid: int) -> int:
+    """Proportional memory (PSS) of the process and its descendants, in KiB: pages shared between
+    them (fornalha's engine process is forked from a fork server that loaded PyTorch) counted once
+    in all, where summing RSS counts them once per process."""
+    total = 0
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                total += int(line.split()[1])
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            for child in (task / "children").read_text().split():
+                total += pss_kib(int(child))
+    except (OSError, ValueError):
+        pass
+    return total
+
+
 def wait_ready(url: str, proc: subprocess.Popen, timeout: float) -> None:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
@@ -163,12 +181,16 @@ def pct(xs: list[float], q: float) -> float | None:
 
 def load_level(url: str, model: str, clients: int, args, pid: int) -> dict:
     out = {"tokens": 0, "errors": 0, "ttft": [], "itl": []}
-    peak = [rss_kib(pid)]
+    peak = [rss_kib(pid), pss_kib(pid)]
     stop = threading.Event()
 
     def sample() -> None:
+        n = 0
         while not stop.is_set():
             peak[0] = max(peak[0], rss_kib(pid))
+            if n % 5 == 0:  # PSS walks every mapping: every 0.25 s
+                peak[1] = max(peak[1], pss_kib(pid))
+            n += 1
             time.sleep(0.05)
 
     t = threading.Thread(target=sample, daemon=True)
@@ -187,7 +209,7 @@ def load_level(url: str, model: str, clients: int, args, pid: int) -> dict:
     return {"clients": clients, "tok_s": out["tokens"] / wall, "tokens": out["tokens"], "wall_s": wall,
             "ttft_p50_ms": pct(out["ttft"], 50), "ttft_p99_ms": pct(out["ttft"], 99),
             "itl_p50_ms": pct(out["itl"], 50), "itl_p99_ms": pct(out["itl"], 99), "errors": out["errors"],
-            "peak_rss_mb": peak[0] / 1024}  # fmt: skip
+            "peak_rss_mb": peak[0] / 1024, "peak_pss_mb": peak[1] / 1024}  # fmt: skip
 
 
 def run_levels(name: str, url: str, model: str, levels: list[int], args, pid: int) -> dict[int, dict]:
@@ -200,7 +222,7 @@ def run_levels(name: str, url: str, model: str, levels: list[int], args, pid: in
         res[n] = r
         print(f"{name:9s} c{n:<3d} {r['tok_s']:8.1f} tok/s  ttft p50 {r['ttft_p50_ms'] or 0:7.1f} ms "
               f"p99 {r['ttft_p99_ms'] or 0:7.1f} ms  itl p50 {r['itl_p50_ms'] or 0:6.1f} ms  errors {r['errors']}  "
-              f"rss {r['peak_rss_mb']:.0f} MB", flush=True)  # fmt: skip
+              f"rss {r['peak_rss_mb']:.0f} MB pss {r['peak_pss_mb']:.0f} MB", flush=True)  # fmt: skip
     return res
 
 
