@@ -285,3 +285,34 @@ def test_ctrl_c_to_the_process_group_drains_and_leaves_no_process(tmp_path):
         srv.stop()
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pgid, signal.SIGKILL)
+
+
+def test_an_engine_process_that_cannot_load_says_why(run_dir, tmp_path):
+    """The engine process loads its own copy of the model (a second GPU copy may not fit): when it
+    cannot, starting fails at once with its reason — no hang, no server that answers 503 forever —
+    and the app keeps the reason for `fornalha serve`'s one-line error."""
+    import functools
+
+    from fastapi.testclient import TestClient
+
+    from fornalha.cli.infer import _load_engine
+    from fornalha.cli.serve import engine_recipe
+    from fornalha.serve.app import create_app
+    from fornalha.serve.async_engine import EngineStopped
+    from fornalha.serve.engine_process import ProcessEngine
+    from fornalha.tokenizer import load_tokenizer
+
+    engine = _load_engine(run_dir, "best", "cpu", "auto", 1)[0]
+    engine.recipe = functools.partial(
+        engine_recipe, tmp_path / "gone", "cpu", 2
+    )  # the child's run is missing
+    t0 = time.monotonic()
+    with pytest.raises(
+        EngineStopped, match="failed to start: FornalhaError: run folder .*gone does not exist"
+    ):
+        ProcessEngine(engine).start()
+    assert time.monotonic() - t0 < 60
+    app = create_app(engine, load_tokenizer(run_dir), model_name="tiny", engine_process=True)
+    with pytest.raises(EngineStopped), TestClient(app):
+        pass
+    assert "does not exist" in app.state.startup_error

@@ -250,6 +250,8 @@ def serve_command(
         server.run()
     except SystemExit:  # uvicorn exits when it cannot bind
         server.started = False
+    if app.state.startup_error is not None:
+        raise FornalhaError(f"could not start the engine: {app.state.startup_error}")
     if not server.started:
         raise FornalhaError(f"could not start the server on {host}:{port} (is the port in use?)")
     print("server stopped", file=sys.stderr, flush=True)

@@ -174,7 +174,11 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         for router in app.state.extra_routers:
             app.include_router(router)
-        slot.start()
+        try:
+            slot.start()
+        except EngineStopped as exc:  # the engine process could not load the model (out of memory, …)
+            app.state.startup_error = str(exc)
+            raise
         tasks = [asyncio.create_task(fn(app)) for fn in app.state.background]
         try:
             yield
@@ -188,6 +192,7 @@ def create_app(
 
     app = FastAPI(title="fornalha", version="1", lifespan=lifespan)
     app.state.store = store
+    app.state.startup_error = None  # why the engine did not start, for the CLI's message
     app.state.extra_routers = []
     app.state.background = []
     app.state.slot = slot

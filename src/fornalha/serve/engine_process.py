@@ -157,7 +157,10 @@ class ProcessEngine(AsyncEngine):
         if not parent.poll(self.start_timeout):
             self._proc.kill()
             raise EngineStopped(f"the engine process did not start in {self.start_timeout:.0f} s")
-        msg = parent.recv()
+        try:
+            msg = parent.recv()
+        except EOFError:
+            raise EngineStopped("the engine process exited while loading the model") from None
         if msg[0] != "ready":
             raise EngineStopped(f"the engine process failed to start: {msg[1]}")
         self.capacity = msg[1] + self.max_queue  # the engine process's slots, not the server copy's
@@ -186,11 +189,6 @@ class ProcessEngine(AsyncEngine):
             and self._thread.is_alive()
             and self.error is None
         )
-
-    @property
-    def pid(self) -> int | None:
-        """The engine process's id (tests kill it to check the 503s)."""
-        return None if self._proc is None else self._proc.pid
 
     # ---- talking to the engine process --------------------------------------------------------
     def _send(self, msg: tuple) -> None:
