@@ -50,7 +50,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from fornalha.infer.kernels import MAX_HEAD_DIM, decode_attention_kernel
+from fornalha.infer.kernels import MAX_HEAD_DIM, decode_attention_kernel, decode_step_kernel
 from fornalha.infer.quantize import Int8Linear, int8pack_linear, pack_linear
 from fornalha.model.gpt import GPT, MLP, KVCache, RMSNorm, softcap
 
@@ -161,7 +161,7 @@ class Decoder:
         ) * S
         self.positions = torch.arange(S, device=dev)
         # A float16 cache on the CPU is read by the hand-written kernel (see fornalha.infer.kernels).
-        self.kernel = None
+        self.kernel = self.step_kernel = None
         if cache.k.dtype == torch.float16 and dev.type == "cpu" and self.D <= MAX_HEAD_DIM:
             self.kernel = decode_attention_kernel()
         self.refresh()
@@ -188,6 +188,22 @@ class Decoder:
                 )
             )
         self.norm_f, self.lm_head = _fast_call(m.norm_f), _fast_call(m.lm_head, w)
+        # The fused step (kernels/decode_attention.cpp, `decode_attention_step`): with the float16
+        # cache's kernel, a float32 model and plain (or no) QK-norm, one call per layer does what
+        # the loop of `__call__` does from the qkv projection to attention. The loop stays the
+        # readable reference; the tests hold the two together.
+        self.step_kernel, self.qk_weights = None, []
+        if self.kernel is not None and dtype == torch.float32 and self.D % 2 == 0:
+            none = torch.empty(0)
+            for blk in m.blocks:
+                qn, kn = blk.attn.q_norm, blk.attn.k_norm
+                if qn is None:
+                    self.qk_weights.append((none, none, 0.0))
+                elif type(qn) is RMSNorm and type(kn) is RMSNorm and qn.eps == kn.eps:
+                    qw, kw = qn.weight.detach().float().contiguous(), kn.weight.detach().float().contiguous()
+                    self.qk_weights.append((qw, kw, float(qn.eps)))
+            if len(self.qk_weights) == len(m.blocks):
+                self.step_kernel = decode_step_kernel()
         # Prefill multiplies many rows at once: a matrix-matrix product, bound by arithmetic. Which
         # is faster there, the model's own weights through BLAS or the packed copies, depends on the
         # CPU and its BLAS: fbgemm's fp16 kernel was ~4x slower than MKL on the Intel CPU this was
@@ -325,6 +341,15 @@ class Decoder:
         B, H, Hkv, G, D = n_rows, self.H, self.Hkv, self.G, self.D
         tokens, pos = tokens[:B], pos[:B]
         x = self.model.wte(tokens)  # [B, C]
+        if self.step_kernel is not None:  # the loop below, from qkv to attention, in one C++ call
+            for layer, (attn_norm, qkv, _, o_proj, mlp_norm, mlp) in enumerate(self.layers):
+                h = qkv(attn_norm(x)).view(B, H + 2 * Hkv, D)
+                qw, kw, eps = self.qk_weights[layer]
+                kc, vc = self.cache.k[layer], self.cache.v[layer]
+                y = self.step_kernel(h, qw, kw, eps, self.cos_table, self.sin_table, pos, kc, vc, self.scale)
+                x = x + o_proj(y.view(B, H * D))
+                x = x + mlp(mlp_norm(x))
+            return softcap(self.lm_head(self.norm_f(x)), self.config.logit_softcap).float()
         cos, sin = self.cos_table[pos][:, None], self.sin_table[pos][:, None]  # [B, 1, D]
         bias = None
         if same_pos is None:

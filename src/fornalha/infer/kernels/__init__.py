@@ -28,6 +28,7 @@ import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -117,11 +118,21 @@ def decode_attention_kernel() -> Callable[..., torch.Tensor] | None:
     if os.environ.get("FORNALHA_NO_KERNELS", "") not in ("", "0"):
         unavailable_reason = "FORNALHA_NO_KERNELS is set"
         return None
-    return _built_kernel()
+    module = _built_kernel()
+    return None if module is None else module.decode_attention
+
+
+def decode_step_kernel() -> Callable[..., torch.Tensor] | None:
+    """The compiled `decode_attention_step(h, qw, kw, eps, cos, sin, pos, k, v, scale)`: a decode
+    step's QK-norm, rotary, float16 cache write and attention in one call (see the C++ file), or
+    None where `decode_attention_kernel()` is None."""
+    if decode_attention_kernel() is None:
+        return None
+    return _built_kernel().decode_attention_step
 
 
 @functools.cache
-def _built_kernel() -> Callable[..., torch.Tensor] | None:
+def _built_kernel() -> Any:
     """The build itself (see `decode_attention_kernel`), once per process."""
     global unavailable_reason
     if sys.platform == "win32":
@@ -173,7 +184,7 @@ def _built_kernel() -> Callable[..., torch.Tensor] | None:
         notice.cancel()
         build_lock.release()
     unavailable_reason = None
-    return module.decode_attention
+    return module
 
 
-__all__ = ["MAX_HEAD_DIM", "decode_attention_kernel", "decode_attention_reference"]
+__all__ = ["MAX_HEAD_DIM", "decode_attention_kernel", "decode_attention_reference", "decode_step_kernel"]

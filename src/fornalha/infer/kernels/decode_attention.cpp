@@ -136,8 +136,89 @@ torch::Tensor decode_attention(torch::Tensor q, torch::Tensor k, torch::Tensor v
   return out;
 }
 
+// The decode step's attention from the qkv projection on, in one call: what the Python decode step
+// (`fornalha.infer.decode.Decoder.__call__`) does in ~14 small PyTorch operations per layer, whose
+// dispatch costs more than their arithmetic at these sizes. For each row b and key/value head:
+//   the G query heads and the key head get QK-norm (x / sqrt(mean(x²) + eps) · w, when given) and
+//   rotary (x·cos + swap_halves(x)·sin, the full-width tables of `full_width_rotary`) at position
+//   pos[b]; the key and the value (as it is) go to the float16 cache at pos[b]; then attention over
+//   positions 0..pos[b], as `decode_attention`.
+//   h        [B, H + 2·Hkv, D] float32 — the qkv projection: H query heads, Hkv key heads, Hkv value heads
+//   qw, kw   [D] float32 QK-norm weights, or empty tensors for no QK-norm
+//   cos, sin [S', D] float32 full-width rotary tables (S' >= every pos + 1)
+//   pos      [B] int64 — each row's new position
+//   k, v     [Bmax, Hkv, S, D] float16 — one cache layer, written at pos
+//   returns  [B, H, D] float32
+torch::Tensor decode_attention_step(torch::Tensor h, torch::Tensor qw, torch::Tensor kw, double eps,
+                                    torch::Tensor cos, torch::Tensor sin, torch::Tensor pos, torch::Tensor k,
+                                    torch::Tensor v, double scale) {
+  TORCH_CHECK(h.dim() == 3 && h.scalar_type() == at::kFloat && h.is_contiguous(), "h must be [B, H+2Hkv, D] float32");
+  TORCH_CHECK(k.dim() == 4 && k.scalar_type() == at::kHalf && v.scalar_type() == at::kHalf && k.is_contiguous() &&
+              v.is_contiguous() && k.sizes() == v.sizes(), "k, v must be contiguous float16 [Bmax, Hkv, S, D]");
+  const int64_t B = h.size(0), D = h.size(2), Hkv = k.size(1), S = k.size(2), H = h.size(1) - 2 * Hkv;
+  TORCH_CHECK(H >= Hkv && H % Hkv == 0 && k.size(0) >= B && k.size(3) == D, "h and the cache do not match");
+  TORCH_CHECK(D <= kMaxHeadDim && D % 2 == 0, "head_dim must be even and at most ", kMaxHeadDim);
+  const bool norm = qw.numel() > 0;
+  TORCH_CHECK(!norm || (qw.numel() == D && kw.numel() == D && qw.scalar_type() == at::kFloat &&
+              kw.scalar_type() == at::kFloat && qw.is_contiguous() && kw.is_contiguous()), "QK-norm weights must be [D] float32");
+  TORCH_CHECK(cos.scalar_type() == at::kFloat && sin.scalar_type() == at::kFloat && cos.is_contiguous() &&
+              sin.is_contiguous() && cos.dim() == 2 && cos.size(1) == D && sin.sizes() == cos.sizes(), "bad rotary tables");
+  TORCH_CHECK(pos.scalar_type() == at::kLong && pos.is_contiguous() && pos.numel() == B, "pos must be int64 [B]");
+  const int64_t* P = pos.data_ptr<int64_t>();
+  for (int64_t b = 0; b < B; ++b) TORCH_CHECK(P[b] >= 0 && P[b] < S && P[b] < cos.size(0), "pos out of range");
+
+  const int64_t G = H / Hkv;
+  auto q = torch::empty({B, Hkv, G, D}, h.options());
+  auto lengths = pos + 1;
+  const float* hp = h.data_ptr<float>();
+  const float* qwp = norm ? qw.data_ptr<float>() : nullptr;
+  const float* kwp = norm ? kw.data_ptr<float>() : nullptr;
+  const float* cp = cos.data_ptr<float>();
+  const float* sp = sin.data_ptr<float>();
+  float* qp = q.data_ptr<float>();
+  at::Half* kp = k.data_ptr<at::Half>();
+  at::Half* vp = v.data_ptr<at::Half>();
+  const float feps = static_cast<float>(eps);
+  const int64_t half = D / 2;
+
+  // normalize (optional) and rotate one head vector x[D] into out[D]
+  auto prepare = [&](const float* x, const float* w, const float* c, const float* sn, float* out) {
+    float inv = 1.f;
+    if (w != nullptr) {
+      float ss = 0.f;
+      for (int64_t d = 0; d < D; ++d) ss += x[d] * x[d];
+      inv = 1.f / std::sqrt(ss / static_cast<float>(D) + feps);
+    }
+    alignas(64) float t[kMaxHeadDim];
+    for (int64_t d = 0; d < D; ++d) t[d] = w != nullptr ? x[d] * inv * w[d] : x[d];
+    for (int64_t d = 0; d < D; ++d) out[d] = t[d] * c[d] + t[(d + half) % D] * sn[d];
+  };
+
+  at::parallel_for(0, B * Hkv, 1, [&](int64_t begin, int64_t end) {
+    alignas(64) float kr[kMaxHeadDim];
+    for (int64_t bh = begin; bh < end; ++bh) {
+      const int64_t b = bh / Hkv, j = bh % Hkv;
+      const float* row = hp + b * (H + 2 * Hkv) * D;
+      const float* c = cp + P[b] * D;
+      const float* sn = sp + P[b] * D;
+      for (int64_t g = 0; g < G; ++g) prepare(row + (j * G + g) * D, qwp, c, sn, qp + (bh * G + g) * D);
+      prepare(row + (H + j) * D, kwp, c, sn, kr);
+      const float* vr = row + (H + Hkv + j) * D;
+      at::Half* kd = kp + (bh * S + P[b]) * D;
+      at::Half* vd = vp + (bh * S + P[b]) * D;
+      for (int64_t d = 0; d < D; ++d) {
+        kd[d] = static_cast<at::Half>(kr[d]);
+        vd[d] = static_cast<at::Half>(vr[d]);
+      }
+    }
+  });
+  return decode_attention(q, k, v, lengths, scale).view({B, H, D});
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   // Without the GIL: the HTTP thread of a server keeps running while a step attends.
   m.def("decode_attention", &decode_attention, "decode attention over a float16 KV cache",
         py::call_guard<py::gil_scoped_release>());
+  m.def("decode_attention_step", &decode_attention_step,
+        "QK-norm, rotary, cache write and attention of a decode step", py::call_guard<py::gil_scoped_release>());
 }
