@@ -258,7 +258,8 @@ def test_engine_with_fp16_cache_admits_requests_into_freed_rows(kernel, model, t
 
 
 @pytest.mark.parametrize(
-    "extra", [{}, {"qk_norm": True, "n_kv_head": 2}, {"qk_norm": True, "n_head": 2, "n_kv_head": 2}],
+    "extra",
+    [{}, {"qk_norm": True, "n_kv_head": 2}, {"qk_norm": True, "n_head": 2, "n_kv_head": 2}],
     ids=["mha", "qk-norm-gqa", "qk-norm-mha"],
 )
 def test_fused_decode_step_matches_the_python_loop(kernel, extra):
