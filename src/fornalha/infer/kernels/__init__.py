@@ -1,6 +1,8 @@
 """Hand-written CPU kernels for the decode step, built on first use, with a plain-PyTorch reference.
 
-One kernel today: **decode attention over a float16 KV cache** (`decode_attention.cpp`). At decode
+Two entry points in one C++ file (`decode_attention.cpp`): `decode_attention_step`, a decode step's
+QK-norm, rotary, cache write and attention in one call per layer (`decode_step_kernel()`; it ends in
+the next one), and **decode attention over a float16 KV cache** (`decode_attention_kernel()`). At decode
 time every row reads its whole cache — the keys and values of all its earlier tokens — to do a
 few multiply-adds per byte, so attention runs at the speed of memory. A float16 cache is half the
 bytes of a float32 one (and half the RAM), but PyTorch's CPU attention has no fast float16 path:
