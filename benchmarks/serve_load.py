@@ -83,37 +83,32 @@ def train_run(tmp: Path, minutes: float) -> Path:
     return out
 
 
-def rss_kib(pid: int) -> int:
-    """Resident memory of the process and all its descendants (fornalha's engine process, the
-    shell that execs llama-server), in KiB."""
+def tree_kib(pid: int, file: str, key: str) -> int:
+    """The `key` figure of /proc/PID/FILE (KiB) summed over the process and all its descendants."""
     total = 0
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+        for line in Path(f"/proc/{pid}/{file}").read_text().splitlines():
+            if line.startswith(key):
                 total += int(line.split()[1])
         for task in Path(f"/proc/{pid}/task").iterdir():
             for child in (task / "children").read_text().split():
-                total += rss_kib(int(child))
+                total += tree_kib(int(child), file, key)
     except (OSError, ValueError):
         pass
     return total
+
+
+def rss_kib(pid: int) -> int:
+    """Resident memory of the process and its descendants (fornalha's fork server and engine
+    process, the shell that execs llama-server)."""
+    return tree_kib(pid, "status", "VmRSS:")
 
 
 def pss_kib(pid: int) -> int:
-    """Proportional memory (PSS) of the process and its descendants, in KiB: pages shared between
-    them (fornalha's engine process is forked from a fork server that loaded PyTorch) counted once
-    in all, where summing RSS counts them once per process."""
-    total = 0
-    try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
-                total += int(line.split()[1])
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            for child in (task / "children").read_text().split():
-                total += pss_kib(int(child))
-    except (OSError, ValueError):
-        pass
-    return total
+    """Proportional memory (PSS) of the process and its descendants: pages shared between them
+    (fornalha's engine process is forked from a fork server that loaded PyTorch) counted once in
+    all, where summing RSS counts them once per process."""
+    return tree_kib(pid, "smaps_rollup", "Pss:")
 
 
 def wait_ready(url: str, proc: subprocess.Popen, timeout: float) -> None:
