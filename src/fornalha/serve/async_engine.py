@@ -62,6 +62,34 @@ def _deliver(batch: list[tuple[asyncio.Queue, Event]]) -> None:
         events.put_nowait(ev)
 
 
+def hand_over(handles: dict[int, _Handle], events: list[tuple[int, Event]]) -> None:
+    """One step's (key, event)s to their requests, from the thread that runs or reads the engine:
+    one hand-off per event loop and step, not one per token (each `call_soon_threadsafe` wakes the
+    loop through its self-pipe: a system call and a loop iteration). A finished request's handle
+    is forgotten; events of a request no longer waited for are dropped."""
+    out: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, Event]]] = {}
+    for key, ev in events:
+        h = handles.pop(key, None) if ev.finished else handles.get(key)
+        if h is not None:
+            out.setdefault(h.loop, []).append((h.events, ev))
+    for loop, batch in out.items():
+        loop.call_soon_threadsafe(_deliver, batch)
+
+
+def engine_stopped(cause: BaseException) -> EngineStopped:
+    """The error every request gets once the engine is gone: 503 `engine_stopped`, saying why."""
+    stopped = EngineStopped(f"the engine stopped: {type(cause).__name__}: {cause}")
+    stopped.__cause__ = cause
+    return stopped
+
+
+def fail_all(handles: dict[int, _Handle], error: BaseException) -> None:
+    """Every request still waiting gets `error` (and the handles are forgotten)."""
+    for h in handles.values():
+        h.loop.call_soon_threadsafe(h.events.put_nowait, error)
+    handles.clear()
+
+
 class Requests:
     """The engine side of the bridge, whatever carries its commands (a queue in `AsyncEngine`, a
     pipe in the engine process of `fornalha.serve.engine_process`): requests known by the server's
@@ -117,6 +145,7 @@ class AsyncEngine:
         on_step: Callable[[Engine], None] | None = None,
     ) -> None:
         self.engine = engine
+        self.max_queue = max_queue
         self.capacity = engine.max_batch_size + max_queue
         self.request_timeout = request_timeout
         self.on_step = on_step
@@ -182,15 +211,7 @@ class AsyncEngine:
                         except Exception as exc:
                             fut.set_exception(exc)
                 if eng.has_unfinished():
-                    # One hand-off per event loop and step, not one per token: each call_soon_threadsafe
-                    # wakes the loop through its self-pipe (a system call and a loop iteration).
-                    out: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, Event]]] = {}
-                    for key, ev in requests.step():
-                        h = handles.pop(key, None) if ev.finished else handles.get(key)
-                        if h is not None:
-                            out.setdefault(h.loop, []).append((h.events, ev))
-                    for loop, batch in out.items():
-                        loop.call_soon_threadsafe(_deliver, batch)
+                    hand_over(handles, requests.step())
                     if self.on_step is not None:
                         self.on_step(eng)
                 else:
@@ -200,10 +221,8 @@ class AsyncEngine:
                     self._wake.clear()
         except BaseException as exc:  # the engine broke: fail every request, stop being ready
             self.error = exc
-            stopped = EngineStopped(f"the engine stopped: {type(exc).__name__}: {exc}")
-            stopped.__cause__ = exc
-            for h in handles.values():
-                h.loop.call_soon_threadsafe(h.events.put_nowait, stopped)
+            stopped = engine_stopped(exc)
+            fail_all(handles, stopped)
             while True:  # commands nobody will run now: answer them too
                 try:
                     cmd = self._inbox.get_nowait()

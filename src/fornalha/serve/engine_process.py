@@ -40,8 +40,16 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
-from fornalha.infer.engine import Engine, Event
-from fornalha.serve.async_engine import AsyncEngine, EngineStopped, Requests, _deliver, _Handle
+from fornalha.infer.engine import Engine
+from fornalha.serve.async_engine import (
+    AsyncEngine,
+    EngineStopped,
+    Requests,
+    _Handle,
+    engine_stopped,
+    fail_all,
+    hand_over,
+)
 
 
 @dataclass
@@ -133,7 +141,6 @@ class ProcessEngine(AsyncEngine):
         if engine.recipe is None:
             raise ValueError("ProcessEngine needs an engine loaded from a run folder (engine.recipe)")
         super().__init__(engine, max_queue, request_timeout, on_step)
-        self.max_queue = max_queue
         self.threads = threads
         self.start_timeout = start_timeout
         self.stats = EngineStats()
@@ -205,7 +212,7 @@ class ProcessEngine(AsyncEngine):
                 self._send(("add", handle.key, ids, params))
             except OSError as exc:
                 self._handles.pop(handle.key, None)
-                handle.loop.call_soon_threadsafe(handle.events.put_nowait, self._stopped(exc))
+                handle.loop.call_soon_threadsafe(handle.events.put_nowait, engine_stopped(exc))
         elif kind == "abort":
             if self._handles.pop(command[1], None) is not None:
                 with contextlib.suppress(OSError):
@@ -218,12 +225,6 @@ class ProcessEngine(AsyncEngine):
         self.check_alive()
         return await asyncio.wrap_future(self._calls.submit(fn, self.engine))
 
-    def _stopped(self, cause: BaseException | str) -> EngineStopped:
-        stopped = EngineStopped(f"the engine stopped: {cause}")
-        if isinstance(cause, BaseException):
-            stopped.__cause__ = cause
-        return stopped
-
     def _read(self) -> None:
         """The reader thread: each step's events into their requests' asyncio queues."""
         assert self._conn is not None
@@ -232,16 +233,7 @@ class ProcessEngine(AsyncEngine):
                 msg = self._conn.recv()
                 if msg[0] == "events":
                     _, events, (waiting, running, hits) = msg
-                    out: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, Event]]] = {}
-                    for key, ev in events:
-                        h = self._handles.get(key)
-                        if h is None:
-                            continue
-                        if ev.finished:
-                            self._handles.pop(key, None)
-                        out.setdefault(h.loop, []).append((h.events, ev))
-                    for loop, batch in out.items():
-                        loop.call_soon_threadsafe(_deliver, batch)
+                    hand_over(self._handles, events)
                     self.stats.num_waiting, self.stats.num_running = waiting, running
                     self.stats.prefix_hit_tokens = hits
                     if self.on_step is not None:
@@ -256,8 +248,5 @@ class ProcessEngine(AsyncEngine):
             if self._stop.is_set():
                 return
             self.error = exc if not isinstance(exc, EOFError) else RuntimeError("the engine process exited")
-            stopped = self._stopped(self.error)
-            for h in list(self._handles.values()):
-                h.loop.call_soon_threadsafe(h.events.put_nowait, stopped)
-            self._handles.clear()
+            fail_all(self._handles, engine_stopped(self.error))
             print(f"fornalha: the engine process stopped: {self.error}", flush=True)
