@@ -119,6 +119,18 @@ def _packed_wins(linear: nn.Module, packed: Callable[[torch.Tensor], torch.Tenso
     return best(packed) * 1.3 <= best(partial(F.linear, weight=linear.weight))
 
 
+def _plain_qk_norm(attn: nn.Module) -> tuple[torch.Tensor, torch.Tensor, float] | None:
+    """(q weight, k weight, eps) of an attention layer's QK-norm when it is a pair of plain RMSNorms
+    with one eps — empty weights when the model has no QK-norm — else None (a module of another
+    kind: the decode step then calls it as it is)."""
+    qn, kn = attn.q_norm, attn.k_norm
+    if qn is None:
+        return torch.empty(0), torch.empty(0), 0.0
+    if type(qn) is not RMSNorm or type(kn) is not RMSNorm or qn.eps != kn.eps:
+        return None
+    return qn.weight.detach().float().contiguous(), kn.weight.detach().float().contiguous(), float(qn.eps)
+
+
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Llama rotary on x [..., D] — `fornalha.model.gpt.apply_rotary`'s math — with full-width tables
     (`full_width_rotary`): x·cos + swap_halves(x)·sin, one multiply-add instead of two half-width ones."""
@@ -192,18 +204,11 @@ class Decoder:
         # cache's kernel, a float32 model and plain (or no) QK-norm, one call per layer does what
         # the loop of `__call__` does from the qkv projection to attention. The loop stays the
         # readable reference; the tests hold the two together.
-        self.step_kernel, self.qk_weights = None, []
-        if self.kernel is not None and dtype == torch.float32 and self.D % 2 == 0:
-            none = torch.empty(0)
-            for blk in m.blocks:
-                qn, kn = blk.attn.q_norm, blk.attn.k_norm
-                if qn is None:
-                    self.qk_weights.append((none, none, 0.0))
-                elif type(qn) is RMSNorm and type(kn) is RMSNorm and qn.eps == kn.eps:
-                    qw, kw = qn.weight.detach().float().contiguous(), kn.weight.detach().float().contiguous()
-                    self.qk_weights.append((qw, kw, float(qn.eps)))
-            if len(self.qk_weights) == len(m.blocks):
-                self.step_kernel = decode_step_kernel()
+        self.step_kernel = None
+        self.qk_weights = [_plain_qk_norm(b.attn) for b in m.blocks]
+        plain = all(qk is not None for qk in self.qk_weights)
+        if self.kernel is not None and dtype == torch.float32 and self.D % 2 == 0 and plain:
+            self.step_kernel = decode_step_kernel()
         # Prefill multiplies many rows at once: a matrix-matrix product, bound by arithmetic. Which
         # is faster there, the model's own weights through BLAS or the packed copies, depends on the
         # CPU and its BLAS: fbgemm's fp16 kernel was ~4x slower than MKL on the Intel CPU this was
@@ -232,10 +237,13 @@ class Decoder:
         if qn is None:
             return None
         H, Hkv, D = self.H, self.Hkv, self.D
-        if type(qn) is not RMSNorm or type(kn) is not RMSNorm or qn.eps != kn.eps:
+        plain = _plain_qk_norm(attn)
+        if plain is None:
             return lambda qk: torch.cat((qn(qk[:, :H]), kn(qk[:, H:])), dim=1)
-        weight = torch.cat((qn.weight.detach().expand(H, D), kn.weight.detach().expand(Hkv, D)))
-        eps = qn.eps
+        eps = plain[2]
+        weight = torch.cat(
+            (qn.weight.detach().expand(H, D), kn.weight.detach().expand(Hkv, D))
+        )  # model dtype
         return lambda qk: F.rms_norm(qk, (D,), None, eps).mul_(weight)
 
     def prefill(self, tokens: torch.Tensor, lengths: list[int], slots: list[int]) -> torch.Tensor:
