@@ -26,9 +26,20 @@ def _opt(flag: str, env: str, help: str) -> typer.models.OptionInfo:  # noqa: A0
 def engine_recipe(run: Path, device: str, max_batch: int):  # noqa: ANN201 - an Engine
     """The engine process's engine (fornalha.serve.engine_process): the run's best checkpoint
     with `max_batch` slots and prefix caching, as `fornalha serve` decodes with."""
+    return serving_engine(run, device, max_batch, process=False)[0]
+
+
+def serving_engine(run: Path, device: str, max_batch: int, process: bool):  # noqa: ANN201 - (Engine, tokenizer)
+    """(engine, tokenizer) of the server's process for `run`, at start and at each hot swap. With an
+    engine process it serves embeddings and checks only (one slot) and carries the engine process's
+    `recipe`; else it is the engine that decodes."""
     from fornalha.cli.infer import _load_engine
 
-    return _load_engine(run, "best", device, "auto", max_batch, prefix_caching=True)[0]
+    if not process:
+        return _load_engine(run, "best", device, "auto", max_batch, prefix_caching=True)
+    engine, tokenizer = _load_engine(run, "best", device, "auto", 1)
+    engine.recipe = functools.partial(engine_recipe, run, device, max_batch)
+    return engine, tokenizer
 
 
 def serving_threads(threads: int | None) -> int:
@@ -164,7 +175,7 @@ def serve_command(
     """Serve a run over OpenAI's HTTP API (completions, chat, embeddings) with continuous batching."""
     import uvicorn
 
-    from fornalha.cli.infer import _docs_retriever, _load_engine, _read_docs
+    from fornalha.cli.infer import _docs_retriever, _read_docs
     from fornalha.serve.app import create_app
     from fornalha.serve.auth import load_keys
 
@@ -199,16 +210,12 @@ def serve_command(
         raise ConfigError(f"--engine must be process or thread, got {engine_mode!r}")
     process = engine_mode == "process"
     n_threads = serving_threads(threads)
-    # With an engine process, this process's engine serves embeddings and checks only: one slot.
-    engine, tokenizer = _load_engine(run, "best", device, "auto", 1 if process else max_batch,
-                                     prefix_caching=not process)  # fmt: skip
+    engine, tokenizer = serving_engine(run, device, max_batch, process)
     cpu = engine.device.type == "cpu"
     if cpu:
         import torch
 
         torch.set_num_threads(n_threads)
-    if process:
-        engine.recipe = functools.partial(engine_recipe, run, device, max_batch)
     retriever = _docs_retriever(passages, retrieval, engine, tokenizer)
     if rec is not None:  # cold-only histories: nearest items by this LM's text embedding (/v1/embeddings)
         from fornalha.assistant import engine_embedder
@@ -260,9 +267,6 @@ def serve_command(
 def _serve_registry(app, registry: Path, poll: float, admin_keys_file: Path | None, first: Path, device: str,
                     max_batch: int, db: str | None = None, process: bool = False) -> None:  # fmt: skip
     """Issue 15: watch the registry's champion alias; mount POST /admin/reload and /admin/promote (serve/swap.py)."""
-    import functools
-
-    from fornalha.cli.infer import _load_engine
     from fornalha.files import file_sha256
     from fornalha.improve.registry import champion_of
     from fornalha.serve.auth import load_keys
@@ -274,12 +278,7 @@ def _serve_registry(app, registry: Path, poll: float, admin_keys_file: Path | No
     def load(path: Path):  # noqa: ANN202 - an Engine, built in a worker thread
         if file_sha256(path / "tokenizer" / "tokenizer.json") != tokenizer_sha:
             raise SwapError(f"{path} has another tokenizer than the version being served; restart the server")
-        engine = _load_engine(
-            path, "best", device, "auto", 1 if process else max_batch, prefix_caching=not process
-        )[0]
-        if process:  # the new version's engine process is built from this
-            engine.recipe = functools.partial(engine_recipe, path, device, max_batch)
-        return engine
+        return serving_engine(path, device, max_batch, process)[0]
 
     slot = app.state.slot
     from fornalha.improve.gate import promote_through_gate
