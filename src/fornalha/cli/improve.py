@@ -16,6 +16,7 @@ from fornalha.cli.options import (
     TimeBudgetOpt,
     ToleranceOpt,
 )
+from fornalha.improve.gate import MAX_VAL_TOKENS, GatePolicy
 
 REFUSED_EXIT = 3  # as `fornalha registry promote`
 
@@ -50,8 +51,8 @@ def improve_command(
         Path | None,
         typer.Option("--val-data", help="Dataset for the bpb check (default: the champion's training data)."),
     ] = None,
-    tolerance: ToleranceOpt = 0.02,
-    metric: GateMetricOpt = "preference_accuracy",
+    tolerance: ToleranceOpt = GatePolicy.bpb_tolerance,
+    metric: GateMetricOpt = GatePolicy.feedback_metric,
     min_gain: NoiseMinGainOpt = None,
     min_pairs: Annotated[
         int, typer.Option("--min-pairs", help="Fewest training preference pairs worth a fine-tune.")
@@ -62,7 +63,7 @@ def improve_command(
     beta: Annotated[float, typer.Option("--beta", help="DPO's β.")] = 0.1,
     max_tokens: Annotated[
         int, typer.Option("--max-tokens", help="Validation tokens scored per model.")
-    ] = 200_000,
+    ] = MAX_VAL_TOKENS,
     device: Annotated[str, typer.Option("--device", help="cpu, cuda, mps or auto.")] = "cpu",
 ) -> None:
     """Improve the registry's champion from its users' feedback, and promote it only if it is better.

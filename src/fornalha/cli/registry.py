@@ -15,6 +15,7 @@ import typer
 
 from fornalha.cli.options import GateMetricOpt, MinGainOpt, ToleranceOpt
 from fornalha.errors import ConfigError
+from fornalha.improve.gate import MAX_PAIRS, MAX_VAL_TOKENS, GatePolicy
 
 REFUSED_EXIT = 3
 
@@ -176,13 +177,13 @@ def promote_command(
         Path | None,
         typer.Option("--pairs", help="Held-out preference pairs (JSONL): measure both models on them now."),
     ] = None,
-    tolerance: ToleranceOpt = 0.02,
-    metric: GateMetricOpt = "preference_accuracy",
-    min_gain: MinGainOpt = 0.0,
+    tolerance: ToleranceOpt = GatePolicy.bpb_tolerance,
+    metric: GateMetricOpt = GatePolicy.feedback_metric,
+    min_gain: MinGainOpt = GatePolicy.min_gain,
     max_tokens: Annotated[
         int, typer.Option("--max-tokens", help="Validation tokens scored per model.")
-    ] = 200_000,
-    max_pairs: Annotated[int, typer.Option("--max-pairs", help="Pairs scored per model.")] = 500,
+    ] = MAX_VAL_TOKENS,
+    max_pairs: Annotated[int, typer.Option("--max-pairs", help="Pairs scored per model.")] = MAX_PAIRS,
     device: Annotated[str, typer.Option("--device", help="Where the models are measured.")] = "cpu",
     force: Annotated[
         bool, typer.Option("--force", help="Promote without (or against) the gate; recorded.")
@@ -195,7 +196,7 @@ def promote_command(
 
     Example: fornalha registry promote --registry models/ --val-data data/pt --pairs feedback/heldout_pairs.jsonl
     """
-    from fornalha.improve.gate import GatePolicy, promote_through_gate
+    from fornalha.improve.gate import promote_through_gate
 
     policy = GatePolicy(bpb_tolerance=tolerance, feedback_metric=metric, min_gain=min_gain)
     decision = promote_through_gate(

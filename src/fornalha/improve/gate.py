@@ -35,6 +35,9 @@ from typing import Any
 from fornalha.errors import ConfigError, DataError
 
 FEEDBACK_METRICS = ("preference_accuracy", "reward_margin")
+#: What a check measured now scores per model unless told otherwise (`--max-tokens`, `--max-pairs`).
+MAX_VAL_TOKENS = 200_000
+MAX_PAIRS = 500
 
 
 @dataclass(frozen=True)
@@ -217,8 +220,8 @@ def measure_on(
     val_data: str | Path | None = None,
     pairs: str | Path | None = None,
     *,
-    max_tokens: int | None = 200_000,
-    max_pairs: int | None = 500,
+    max_tokens: int | None = MAX_VAL_TOKENS,
+    max_pairs: int | None = MAX_PAIRS,
     device: str = "cpu",
 ) -> Callable[[Path, dict[str, Any]], dict[str, float]]:
     """A `measure` that evaluates a version now: bpb on `val_data`'s val split, preference figures on
@@ -253,8 +256,8 @@ def promote_through_gate(
     val_data: str | Path | None = None,
     pairs: str | Path | None = None,
     policy: GatePolicy | None = None,
-    max_tokens: int | None = 200_000,
-    max_pairs: int | None = 500,
+    max_tokens: int | None = MAX_VAL_TOKENS,
+    max_pairs: int | None = MAX_PAIRS,
     device: str = "cpu",
     force: bool = False,
     created_by: str | None = None,

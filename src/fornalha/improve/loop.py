@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from fornalha.errors import ConfigError, DataError
+from fornalha.improve.gate import MAX_VAL_TOKENS, GatePolicy
 
 OWNER_COMMAND = "improve"
 METHODS = ("dpo", "sft", "both")
@@ -54,11 +55,11 @@ class ImproveSettings:
     min_held_out_pairs: int = 4  # fewest held-out pairs the gate can judge on
     beta: float = 0.1
     lora: int | None = None
-    tolerance: float = 0.02  # bits per byte
-    metric: str = "preference_accuracy"
+    tolerance: float = GatePolicy.bpb_tolerance  # bits per byte
+    metric: str = GatePolicy.feedback_metric
     min_gain: float | None = None  # None: 1/sqrt(held-out conversations) for preference_accuracy, 0 otherwise
     val_data: str | None = None  # None: the champion's training dataset (its config's data.path)
-    max_tokens: int = 200_000
+    max_tokens: int = MAX_VAL_TOKENS
     device: str = "cpu"
 
     def __post_init__(self) -> None:
@@ -143,7 +144,7 @@ def improve(
 
     from fornalha.finetune.dpo import DPOSettings, finetune_dpo
     from fornalha.improve.feedback import export_examples, write_export
-    from fornalha.improve.gate import GatePolicy, make_gate, measure_on
+    from fornalha.improve.gate import make_gate, measure_on
     from fornalha.improve.registry import Registry, RegistryError, write_report
     from fornalha.outputs import claim
 

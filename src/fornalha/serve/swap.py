@@ -33,6 +33,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 
+from fornalha.improve.gate import MAX_PAIRS, MAX_VAL_TOKENS, GatePolicy
 from fornalha.infer.engine import Engine
 from fornalha.serve.async_engine import AsyncEngine
 from fornalha.serve.auth import KeyChecker
@@ -157,11 +158,11 @@ class PromoteRequest(BaseModel):
     force: bool = False
     val_data: str | None = None  # a dataset folder on the server: measure both models' val bpb now
     pairs: str | None = None  # held-out preference pairs (JSONL) on the server: measure both now
-    tolerance: float = 0.02
-    metric: str = "preference_accuracy"
-    min_gain: float = 0.0
-    max_tokens: int = 200_000
-    max_pairs: int = 500
+    tolerance: float = GatePolicy.bpb_tolerance
+    metric: str = GatePolicy.feedback_metric
+    min_gain: float = GatePolicy.min_gain
+    max_tokens: int = MAX_VAL_TOKENS
+    max_pairs: int = MAX_PAIRS
 
 
 def admin_router(
@@ -221,7 +222,6 @@ def admin_router(
     async def promote_version(body: PromoteRequest | None = None) -> dict[str, Any] | JSONResponse:
         """The gate of `fornalha registry promote` (unless force), the decision recorded, then the switch."""
         from fornalha.errors import FornalhaError
-        from fornalha.improve.gate import GatePolicy
         from fornalha.improve.registry import RegistryError, UnknownVersionError
 
         req = body or PromoteRequest()
