@@ -7,7 +7,6 @@ import json
 
 import pytest
 import torch
-import zstandard
 from improve_helpers import TEXT, make_run
 
 from fornalha.checkpoint import load_run
@@ -15,6 +14,7 @@ from fornalha.errors import ConfigError, DataError
 from fornalha.evaluate.loss import evaluate_dataset
 from fornalha.improve.gate import GatePolicy, decide, make_gate, measure_on, preference_metrics, read_pairs
 from fornalha.improve.registry import Registry, read_registry_file
+from fornalha.improve.simulate import val_dataset
 from fornalha.tokenizer.chat import render_chat
 
 PROMPTS = ["the fox?", "lazy dog", "0123", "ABC", "é ü ç!", "jumps over"]
@@ -81,16 +81,7 @@ def test_preference_metrics_match_a_hand_computation(tmp_path):
 
 
 def _val_dataset(root):
-    (root / "val").mkdir(parents=True)
-    lines = [json.dumps({"text": TEXT[i:] + TEXT[:i], "source": "t", "id": str(i)}) for i in range(0, 60, 7)]
-    (root / "val" / "part-00000.jsonl.zst").write_bytes(
-        zstandard.ZstdCompressor().compress("\n".join(lines).encode())
-    )
-    split = {"shards": [{"file": "val/part-00000.jsonl.zst"}], "documents": len(lines)}
-    (root / "manifest.json").write_text(
-        json.dumps({"format": "fornalha-dataset", "version": 1, "splits": {"val": split}})
-    )
-    return root
+    return val_dataset(root, [TEXT[i:] + TEXT[:i] for i in range(0, 60, 7)])
 
 
 def test_promotion_measured_now_on_the_same_held_out_data(tmp_path, cli):
