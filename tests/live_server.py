@@ -21,6 +21,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def children(pid: int) -> list[int]:
+    """The process ids of a process's children (Linux /proc)."""
+    return [int(c) for t in Path(f"/proc/{pid}/task").iterdir() for c in (t / "children").read_text().split()]
+
+
 class Server:
     """`fornalha serve --run RUN *args` with the API key `key`; waits for /ready. One thread and no
     compiled kernel, so several servers and xdist workers share two cores predictably."""
@@ -83,12 +88,7 @@ class Server:
         def rss(pid: int) -> int:
             status = Path(f"/proc/{pid}/status").read_text().splitlines()
             own = next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
-            kids = [
-                int(c)
-                for t in Path(f"/proc/{pid}/task").iterdir()
-                for c in (t / "children").read_text().split()
-            ]
-            return own + sum(rss_or_0(k) for k in kids)
+            return own + sum(rss_or_0(k) for k in children(pid))
 
         def rss_or_0(pid: int) -> int:  # a child may exit while it is read
             try:
@@ -97,3 +97,13 @@ class Server:
                 return 0
 
         return rss(self.proc.pid)
+
+    def engine_pid(self) -> int:
+        """The pid of the server's engine process: a child of its fork server (or, spawned, its own)."""
+        for child in children(self.proc.pid):
+            cmd = Path(f"/proc/{child}/cmdline").read_bytes()
+            if b"forkserver" in cmd and children(child):
+                return children(child)[0]
+            if b"spawn_main" in cmd:
+                return child
+        raise AssertionError("no engine process found")

@@ -188,24 +188,6 @@ def test_a_failed_engine_thread_answers_503_at_once(run_dir, monkeypatch):
         assert time.monotonic() - t0 < 5
 
 
-def _engine_process(pid: int) -> int:
-    """The pid of `fornalha serve`'s engine process: a child of its fork server (or, spawned, its own)."""
-    from pathlib import Path
-
-    def children(p: int) -> list[int]:
-        return [
-            int(c) for t in Path(f"/proc/{p}/task").iterdir() for c in (t / "children").read_text().split()
-        ]
-
-    for child in children(pid):
-        cmd = Path(f"/proc/{child}/cmdline").read_bytes()
-        if b"forkserver" in cmd and children(child):
-            return children(child)[0]
-        if b"spawn_main" in cmd:
-            return child
-    raise AssertionError("no engine process found")
-
-
 def test_a_killed_engine_process_answers_503_at_once(tmp_path):
     """The decode loop runs in a process of its own (the default): killed mid-stream (out of memory,
     a crash in native code), the open stream ends with an engine_stopped error chunk, later requests
@@ -214,7 +196,7 @@ def test_a_killed_engine_process_answers_503_at_once(tmp_path):
 
     srv = Server(make_run(tmp_path, block_size=2048), "--max-batch", "4")
     try:
-        child = _engine_process(srv.proc.pid)
+        child = srv.engine_pid()
         body = {
             "model": "tiny",
             "prompt": "the quick",
