@@ -17,9 +17,13 @@ null and the reason is in the JSON. The last stdout line is JSON.
 Without --run the benchmark first trains the 10M shape of `benchmarks/inference.py` (6 x 384, BPE
 2,048, context 256) briefly on TinyShakespeare with `fornalha pipeline` (`--train-minutes`, default 3),
 so the text is real and the same run exports to GGUF for llama.cpp; `--random` serves random weights
-instead (quicker; `--quick` is a 2-layer random toy). Every request asks for `ignore_eos` (an extension
-both servers accept), so each answer is exactly `--max-tokens` long and the levels compare the same
-work (`--natural-length` lets answers stop at the end token).
+instead (quicker; `--quick` is a 2-layer random toy). Every request asks for `ignore_eos` (an
+extension both servers accept), so each answer is exactly `--max-tokens` long and the levels compare
+the same work (`--natural-length` lets answers stop at the end token).
+
+On a GPU, `--size 124m --device cuda --no-llamacpp` serves GPT-2 small's shape, trained with the
+`gpt2-124m` preset itself; the engine records its decode step as CUDA graphs there
+(`fornalha.infer.graphs`). `benchmarks/gpu_serve_check.py` runs it that way.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -47,8 +52,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def make_run(tmp: Path, quick: bool) -> Path:
-    """A random-init run: the 10M shape of benchmarks/inference.py (quick: a 2-layer toy)."""
+#: Model shapes: the 10M shape of benchmarks/inference.py, and GPT-2 small's for a GPU (`--size 124m`).
+SHAPES = {
+    "10m": dict(n_layer=6, n_head=6, n_embd=384, block_size=256),
+    "124m": dict(n_layer=12, n_head=12, n_embd=768, block_size=1024),
+}
+
+
+def make_run(tmp: Path, quick: bool, size: str = "10m") -> tuple[Path, str]:
+    """A random-init run of the `size` shape (quick: a 2-layer toy) with a character tokenizer;
+    returns the run folder and how to describe it."""
     import torch
 
     from fornalha.checkpoint import model_state_for_saving, save_checkpoint
@@ -60,27 +73,41 @@ def make_run(tmp: Path, quick: bool) -> Path:
     tok = CharTokenizer(sorted(set(chars)))
     tok.save(run / "tokenizer")
     torch.manual_seed(0)
-    shape = dict(n_layer=2, n_head=4, n_embd=64, block_size=256) if quick else \
-        dict(n_layer=6, n_head=6, n_embd=384, block_size=256)  # fmt: skip
+    shape = dict(n_layer=2, n_head=4, n_embd=64, block_size=256) if quick else SHAPES[size]
     model = GPT(ModelConfig(vocab_size=tok.vocab_size, **shape))
     save_checkpoint(run / "checkpoints" / "best", model_state_for_saving(model),
                     {"model_config": model.config.to_dict(), "step": 0})  # fmt: skip
-    return run
+    if quick:
+        return run, "random-init 2-layer toy"
+    s = SHAPES[size]
+    return (
+        run,
+        f"random-init {s['n_layer']}x{s['n_embd']} ({model.num_params() / 1e6:.0f}M with characters), not trained",
+    )
 
 
-def train_run(tmp: Path, minutes: float) -> Path:
-    """The 10M shape trained briefly on TinyShakespeare (BPE, exportable to GGUF); returns the run folder."""
+def train_run(tmp: Path, minutes: float, size: str = "10m", device: str = "cpu") -> tuple[Path, str]:
+    """The `size` shape trained briefly on TinyShakespeare (BPE, exportable to GGUF) with `fornalha
+    pipeline`: 10m is the tiny preset at 6 x 384 (BPE 2,048, context 256); 124m the `gpt2-124m`
+    preset as it is (12 x 768, BPE 32,768, context 1024). Returns the run folder and its description."""
     out = tmp / "pipeline"
-    shape = {"model.n_layer": 6, "model.n_head": 6, "model.n_embd": 384, "model.block_size": 256}
-    sets = [a for k, v in shape.items() for a in ("--set", f"{k}={v}")]
-    cmd = [sys.executable, "-m", "fornalha.cli", "pipeline", "--preset", "tiny", "--source",
+    if size == "10m":
+        preset = "tiny"
+        sets = [a for k, v in SHAPES["10m"].items() for a in ("--set", f"model.{k}={v}")]
+        what = "10M (6x384, BPE 2048)"
+    else:
+        preset, sets, what = "gpt2-124m", [], "gpt2-124m preset (12x768)"
+    cmd = [sys.executable, "-m", "fornalha.cli", "pipeline", "--preset", preset, "--source",
            str(ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"), "--split", "tail", "--minutes",
-           str(minutes), "--out", str(out), *sets]  # fmt: skip
-    print(f"training the 10M model for {minutes} min: {' '.join(cmd[2:])}", flush=True)
+           str(minutes), "--out", str(out), "--device", device, *sets]  # fmt: skip
+    print(f"training the {size} model for {minutes} min: {' '.join(cmd[2:])}", flush=True)
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         sys.exit(f"fornalha pipeline failed:\n{proc.stderr[-3000:]}")
-    return out
+    found = re.search(r"model: ([\d.]+M) parameters \(.*?vocab (\d+)\)", proc.stdout)
+    if found:  # a BPE vocabulary stops where the corpus runs out of merges (~21k for 32,768 asked)
+        what = f"{what[:-1]}, {found[1]} parameters, BPE {found[2]})"
+    return out, f"{what} trained {minutes} min on TinyShakespeare"
 
 
 def tree_kib(pid: int, file: str, key: str) -> int:
@@ -225,7 +252,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", type=Path, help="serve this run folder (default: train the 10M shape briefly)")
     ap.add_argument("--train-minutes", type=float, default=3.0, help="budget of that brief training")
-    ap.add_argument("--random", action="store_true", help="serve a random-init 10M model (no training)")
+    ap.add_argument("--random", action="store_true", help="serve a random-init model (no training)")
+    ap.add_argument("--size", choices=list(SHAPES), default="10m", help="model shape (124m: for a GPU)")
     ap.add_argument("--quick", action="store_true", help="random 2-layer toy, 1 and 4 clients, short answers")
     ap.add_argument("--natural-length", action="store_true", help="answers may stop at the end token")
     ap.add_argument("--clients", type=int, nargs="+", default=None)
@@ -244,11 +272,9 @@ def main() -> None:
     if args.run:
         run, model = args.run, str(args.run)
     elif args.quick or args.random:
-        run = make_run(tmp, args.quick)
-        model = "random-init 2-layer toy" if args.quick else "random-init 10M (6x384), not trained"
+        run, model = make_run(tmp, args.quick, args.size)
     else:
-        run = train_run(tmp, args.train_minutes)
-        model = f"10M (6x384, BPE 2048) trained {args.train_minutes} min on TinyShakespeare"
+        run, model = train_run(tmp, args.train_minutes, args.size, args.device)
     result: dict = {"levels": levels, "max_tokens": args.max_tokens, "requests_per_client": args.requests,
                     "model": model, "device": args.device, "max_batch": args.max_batch,
                     "answers": "natural length" if args.natural_length else "fixed length (ignore_eos)"}  # fmt: skip

@@ -34,9 +34,9 @@ A float16 cache on a CPU (the engine's default there, see `Engine(kv_cache=...)`
 hand-written kernel in `fornalha.infer.kernels` instead of SDPA: each row attends to exactly its own
 positions (no mask), reading half the bytes. Any other cache goes through SDPA.
 
-For `torch.compile` the same function runs with static shapes: always the full batch of slots and
-the full cache length, with a mask instead of slicing, so one compiled graph (a CUDA graph with
-`mode="reduce-overhead"` on GPU) serves every step.
+For `torch.compile` and for CUDA graphs (`fornalha.infer.graphs`) the same function runs with static
+shapes: a fixed batch of slots and the full cache length, with a mask instead of slicing, so one
+compiled or recorded graph serves every step of that batch size.
 """
 
 from __future__ import annotations
@@ -180,7 +180,8 @@ class Decoder:
 
     def refresh(self) -> None:
         """Re-read the model's modules and weights (call after swapping layers or changing weights:
-        the packed Linear copies and the stacked QK-norm weights are copies)."""
+        the packed Linear copies and the stacked QK-norm weights are copies). CUDA graphs recorded
+        from the old ones (`Engine.graphs`) keep replaying them: record new ones after this."""
         m = self.model
         dtype = m.wte.weight.dtype
         cos, sin = m.rope_cos.to(dtype), m.rope_sin.to(dtype)

@@ -62,6 +62,7 @@ import torch
 from fornalha.errors import ConfigError, FornalhaError
 from fornalha.infer.constrained import Constraint, GrammarVocabulary
 from fornalha.infer.decode import Decoder, static_decode_fn
+from fornalha.infer.graphs import DecodeGraphs
 from fornalha.infer.kernels import MAX_HEAD_DIM, decode_attention_kernel
 from fornalha.infer.quantize import DECODE_WEIGHTS, fbgemm_available
 from fornalha.infer.sampling import SampleOutput, SamplingParams, SlotSampler
@@ -174,6 +175,9 @@ class Engine:
     max_batch_size: KV-cache slots = sequences decoded together; more wait in a queue.
     max_seq_len: longest prompt + output a slot holds (default and maximum: the model's block_size).
     compile: run the decode step through `torch.compile` with static shapes (see `decode.py`).
+    cuda_graphs: record the decode step as CUDA graphs, one per batch bucket (`fornalha.infer.graphs`),
+        when the engine starts. None (default): on when the device is CUDA (and neither `compile`
+        nor `use_cache=False` is asked for); True elsewhere is an error.
     use_cache: False gives the naive loop (recompute everything each step): the baseline.
     decode_weights: the format the decode step reads the Linear weights in — None: the model's
         own; "fp16" (nearly exact), "int8" or "dynamic" (see `fornalha.infer.quantize`): a packed
@@ -204,6 +208,7 @@ class Engine:
         max_batch_size: int = 8,
         max_seq_len: int | None = None,
         compile: bool = False,
+        cuda_graphs: bool | None = None,
         use_cache: bool = True,
         decode_weights: str | None = "auto",
         kv_cache: str | None = "auto",
@@ -252,6 +257,11 @@ class Engine:
             self._compiled = torch.compile(
                 static_decode_fn(self.decoder), dynamic=False, fullgraph=True, mode=mode
             )
+        if cuda_graphs is None:
+            cuda_graphs = self.device.type == "cuda" and use_cache and not compile
+        if cuda_graphs and (self.device.type != "cuda" or not use_cache or compile):
+            raise ConfigError("cuda_graphs needs a CUDA device, the KV cache, and no compile")
+        self.graphs = DecodeGraphs(self.decoder) if cuda_graphs else None
         self.sampler = SlotSampler(max_batch_size, self.config.vocab_size, self.device)
 
         self._slots: list[_Sequence | None] = [None] * max_batch_size
@@ -508,7 +518,8 @@ class Engine:
     def _decode(self, seqs: list[_Sequence], events: list[Event]) -> None:
         """Feed every running sequence's last token at its position; sample the next ones."""
         B = max(s.slot for s in seqs) + 1  # rows 0..B-1 run (free ones in between idle along)
-        for slot in range(B):  # an idle row gets a write at position 0: its cached prefix is gone
+        computed = self.graphs.bucket(B) if self.graphs is not None else B  # a graph's rows past B idle too
+        for slot in range(computed):  # an idle row gets a write at position 0: its cached prefix is gone
             if self._slots[slot] is None:
                 self._held[slot] = []
         if not self.use_cache:
@@ -516,6 +527,8 @@ class Engine:
         else:
             if self._compiled is not None:
                 logits = self._compiled(self._tokens, self.cache.pos)[:B]
+            elif self.graphs is not None:
+                logits = self.graphs(self._tokens, self.cache.pos, B)
             else:
                 pos = [self._pos[s.slot] for s in seqs]
                 same = len(seqs) == B and min(pos) == max(pos)
