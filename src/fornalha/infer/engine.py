@@ -52,6 +52,7 @@ touch a live sequence: their position stays at 0 and nothing reads what they wri
 from __future__ import annotations
 
 import time
+import warnings
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -177,7 +178,8 @@ class Engine:
     compile: run the decode step through `torch.compile` with static shapes (see `decode.py`).
     cuda_graphs: record the decode step as CUDA graphs, one per batch bucket (`fornalha.infer.graphs`),
         when the engine starts. None (default): on when the device is CUDA (and neither `compile`
-        nor `use_cache=False` is asked for); True elsewhere is an error.
+        nor `use_cache=False` is asked for), falling back to the eager step with a warning if the
+        recording fails; True: on, or an error.
     use_cache: False gives the naive loop (recompute everything each step): the baseline.
     decode_weights: the format the decode step reads the Linear weights in — None: the model's
         own; "fp16" (nearly exact), "int8" or "dynamic" (see `fornalha.infer.quantize`): a packed
@@ -257,11 +259,16 @@ class Engine:
             self._compiled = torch.compile(
                 static_decode_fn(self.decoder), dynamic=False, fullgraph=True, mode=mode
             )
-        if cuda_graphs is None:
-            cuda_graphs = self.device.type == "cuda" and use_cache and not compile
+        self.graphs: DecodeGraphs | None = None
         if cuda_graphs and (self.device.type != "cuda" or not use_cache or compile):
             raise ConfigError("cuda_graphs needs a CUDA device, the KV cache, and no compile")
-        self.graphs = DecodeGraphs(self.decoder) if cuda_graphs else None
+        if cuda_graphs:
+            self.graphs = DecodeGraphs(self.decoder)
+        elif cuda_graphs is None and self.device.type == "cuda" and use_cache and not compile:
+            try:  # the default: a GPU whose driver or setup cannot record falls back to the eager step
+                self.graphs = DecodeGraphs(self.decoder)
+            except RuntimeError as exc:
+                warnings.warn(f"could not record CUDA graphs ({exc}); decoding without them", stacklevel=2)
         self.sampler = SlotSampler(max_batch_size, self.config.vocab_size, self.device)
 
         self._slots: list[_Sequence | None] = [None] * max_batch_size
