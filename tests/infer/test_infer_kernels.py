@@ -42,12 +42,15 @@ def _inputs(B: int, H: int, G: int, D: int, S: int, seed: int = 0):
 
 @pytest.mark.parametrize(
     "B,H,G,D,S",
-    [(4, 6, 1, 64, 40), (3, 2, 3, 16, 17), (2, 4, 2, 32, 9), (2, 2, 1, 40, 33), (1, 1, 4, 128, 5)],
-    ids=["mha-d64", "gqa-d16", "gqa-d32", "generic-d40", "d128"],
-)
+    [(4, 6, 1, 64, 40), (3, 2, 3, 16, 17), (2, 4, 2, 32, 9), (2, 2, 1, 40, 33), (1, 1, 4, 128, 5),
+     (3, 3, 1, 16, 18), (2, 2, 1, 128, 301)],
+    ids=["mha-d64", "gqa-d16", "gqa-d32", "generic-d40", "d128", "mha-d16", "mha-d128-long"],
+)  # fmt: skip
 def test_kernel_matches_reference(kernel, B, H, G, D, S):
     """Specialised head sizes (16, 32, 64, 128) and the generic path, grouped-query attention,
-    rows of different lengths, a cache with more rows than the batch."""
+    rows of different lengths, a cache with more rows than the batch. One query head per key/value
+    head (mha) with a head size of whole 16-float registers takes the AVX-512 path where the CPU
+    has it (keys read two at a time: odd and even lengths)."""
     q, k, v, lengths = _inputs(B, H, G, D, S)
     got = kernel(q, k, v, lengths, D**-0.5)
     want = decode_attention_reference(q, k, v, lengths, D**-0.5)

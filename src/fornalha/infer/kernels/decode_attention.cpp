@@ -50,6 +50,24 @@ inline void to_float(const at::Half* src, float* dst, int64_t D) {
   for (; d < D; ++d) dst[d] = static_cast<float>(src[d]);
 }
 
+// float32 -> float16 (round to nearest even) for one vector of D values, the reverse of to_float.
+inline void to_half(const float* src, at::Half* dst, int64_t D) {
+  int64_t d = 0;
+#if defined(__AVX512F__)
+  for (; d + 16 <= D; d += 16)
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + d),
+                        _mm512_cvtps_ph(_mm512_loadu_ps(src + d), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+#elif defined(__F16C__)
+  for (; d + 8 <= D; d += 8)
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + d),
+                     _mm256_cvtps_ph(_mm256_loadu_ps(src + d), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+#elif defined(__ARM_NEON)
+  for (; d + 4 <= D; d += 4)
+    vst1_f16(reinterpret_cast<__fp16*>(dst + d), vcvt_f16_f32(vld1q_f32(src + d)));
+#endif
+  for (; d < D; ++d) dst[d] = static_cast<at::Half>(src[d]);
+}
+
 inline float dot(const float* a, const float* b, int64_t D) {
   float acc = 0.f;
 #pragma omp simd reduction(+ : acc)
@@ -92,6 +110,48 @@ void attend_one(const float* q, const at::Half* k, const at::Half* v, int64_t n,
   }
 }
 
+#if defined(__AVX512F__)
+// The common case on AVX-512 machines, one query head per key/value head (G = 1) and a head size
+// that fills whole 16-float registers: the same three passes with the query and the output held
+// in registers, and the float16 keys and values converted as they are loaded.
+template <int64_t kD>
+void attend_one_avx512(const float* q, const at::Half* k, const at::Half* v, int64_t n, float scale,
+                       float* out, std::vector<float>& scores) {
+  constexpr int64_t R = kD / 16;
+  __m512 qv[R], o0[R], o1[R];
+  for (int64_t r = 0; r < R; ++r) qv[r] = _mm512_loadu_ps(q + 16 * r);
+  auto load = [](const at::Half* p) { return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); };
+  scores.resize(n);
+  float* s = scores.data();
+  for (int64_t j = 0; j < n; ++j) {
+    const at::Half* kj = k + j * kD;
+    __m512 acc = _mm512_mul_ps(qv[0], load(kj));
+    for (int64_t r = 1; r < R; ++r) acc = _mm512_fmadd_ps(qv[r], load(kj + 16 * r), acc);
+    s[j] = _mm512_reduce_add_ps(acc) * scale;
+  }
+  const float m = *std::max_element(s, s + n);
+  float sum = 0.f;
+  for (int64_t j = 0; j < n; ++j) sum += (s[j] = std::exp(s[j] - m));
+  const float inv = 1.f / sum;
+  for (int64_t r = 0; r < R; ++r) o0[r] = o1[r] = _mm512_setzero_ps();
+  int64_t j = 0;
+  for (; j + 2 <= n; j += 2) {  // two keys at a time: two independent chains of additions
+    const __m512 p0 = _mm512_set1_ps(s[j]), p1 = _mm512_set1_ps(s[j + 1]);
+    const at::Half* v0 = v + j * kD;
+    for (int64_t r = 0; r < R; ++r) {
+      o0[r] = _mm512_fmadd_ps(p0, load(v0 + 16 * r), o0[r]);
+      o1[r] = _mm512_fmadd_ps(p1, load(v0 + kD + 16 * r), o1[r]);
+    }
+  }
+  if (j < n) {
+    const __m512 p0 = _mm512_set1_ps(s[j]);
+    for (int64_t r = 0; r < R; ++r) o0[r] = _mm512_fmadd_ps(p0, load(v + j * kD + 16 * r), o0[r]);
+  }
+  const __m512 iv = _mm512_set1_ps(inv);
+  for (int64_t r = 0; r < R; ++r) _mm512_storeu_ps(out + 16 * r, _mm512_mul_ps(_mm512_add_ps(o0[r], o1[r]), iv));
+}
+#endif
+
 template <int64_t kD>
 void attend_all(const float* q, const at::Half* k, const at::Half* v, const int64_t* lengths,
                 int64_t B, int64_t H, int64_t G, int64_t S, int64_t D, float scale, float* out) {
@@ -100,6 +160,14 @@ void attend_all(const float* q, const at::Half* k, const at::Half* v, const int6
     std::vector<float> scores;
     for (int64_t bh = begin; bh < end; ++bh) {
       const int64_t b = bh / H;
+#if defined(__AVX512F__)
+      if constexpr (kD > 0 && kD % 16 == 0) {
+        if (G == 1) {
+          attend_one_avx512<kD>(q + bh * D, k + bh * S * D, v + bh * S * D, lengths[b], scale, out + bh * D, scores);
+          continue;
+        }
+      }
+#endif
       attend_one<kD>(q + bh * G * D, k + bh * S * D, v + bh * S * D, lengths[b], G, D, scale,
                      out + bh * G * D, scores);
     }
@@ -191,7 +259,8 @@ torch::Tensor decode_attention_step(torch::Tensor h, torch::Tensor qw, torch::Te
     }
     alignas(64) float t[kMaxHeadDim];
     for (int64_t d = 0; d < D; ++d) t[d] = w != nullptr ? x[d] * inv * w[d] : x[d];
-    for (int64_t d = 0; d < D; ++d) out[d] = t[d] * c[d] + t[(d + half) % D] * sn[d];
+    for (int64_t d = 0; d < half; ++d) out[d] = t[d] * c[d] + t[d + half] * sn[d];
+    for (int64_t d = half; d < D; ++d) out[d] = t[d] * c[d] + t[d - half] * sn[d];
   };
 
   at::parallel_for(0, B * Hkv, 1, [&](int64_t begin, int64_t end) {
@@ -206,10 +275,8 @@ torch::Tensor decode_attention_step(torch::Tensor h, torch::Tensor qw, torch::Te
       const float* vr = row + (H + Hkv + j) * D;
       at::Half* kd = kp + (bh * S + P[b]) * D;
       at::Half* vd = vp + (bh * S + P[b]) * D;
-      for (int64_t d = 0; d < D; ++d) {
-        kd[d] = static_cast<at::Half>(kr[d]);
-        vd[d] = static_cast<at::Half>(vr[d]);
-      }
+      to_half(kr, kd, D);
+      to_half(vr, vd, D);
     }
   });
   return decode_attention(q, k, v, lengths, scale).view({B, H, D});
