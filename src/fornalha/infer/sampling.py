@@ -41,6 +41,9 @@ import torch
 from fornalha.errors import ConfigError
 from fornalha.infer.constrained import Constraint, mask_logits
 
+#: Uniform numbers a sampling slot draws from its generator at once (see `SlotSampler._uniform`).
+DRAWS = 64
+
 
 @dataclass
 class SamplingParams:
@@ -269,7 +272,9 @@ class SlotSampler:
         # Penalty state is only allocated when some request asks for a penalty.
         self.seen: torch.Tensor | None = None
         self.counts: torch.Tensor | None = None
-        self._u = torch.zeros(B, **kw)
+        # Each slot's uniform numbers, drawn from its generator DRAWS at a time (one call instead of
+        # one per step; on a CPU the values are the same as drawing them one by one).
+        self.draws: list[list[float]] = [[] for _ in range(B)]
 
     # ---- slots --------------------------------------------------------------------------------
     def assign(
@@ -282,6 +287,7 @@ class SlotSampler:
     ) -> None:
         self.params[slot] = params
         self.generators[slot] = generator
+        self.draws[slot] = []
         self.constraints[slot] = constraint
         self.temperature[slot] = params.temperature
         self.top_k[slot] = params.top_k
@@ -342,11 +348,7 @@ class SlotSampler:
         if all(p.greedy for p in active):
             tokens = scored.argmax(dim=-1)
         else:
-            u = self._u[:B] if contiguous else torch.zeros(B, device=self.device)
-            for i, s in enumerate(idx):  # one uniform per row, from the row's own generator
-                p, g = self.params[s], self.generators[s]
-                if p is not None and not p.greedy:
-                    u[i : i + 1] = torch.rand(1, generator=g, device=self.device)
+            u = torch.tensor([self._uniform(s) for s in idx], device=self.device)
             # Each row's path (sorted or not) follows its own parameters, whatever the neighbours
             # ask for: a row's token depends on its own logits, parameters and generator only.
             tokens = sample_logits(
@@ -362,6 +364,17 @@ class SlotSampler:
             if k > 0:
                 out.top_logprobs, out.top_ids = logp.topk(min(k, logp.size(-1)), dim=-1)
         return out
+
+    def _uniform(self, slot: int) -> float:
+        """The slot's next uniform number in [0, 1) from its own generator (0 for a greedy or free
+        slot, which draws nothing): a row's draws never depend on the rest of the batch."""
+        p = self.params[slot]
+        if p is None or p.greedy:
+            return 0.0
+        draws = self.draws[slot]
+        if not draws:
+            draws += reversed(torch.rand(DRAWS, generator=self.generators[slot], device=self.device).tolist())
+        return draws.pop()
 
     def observe(self, tokens: torch.Tensor, rows: list[int] | None = None) -> None:
         """Count the tokens just generated (for the penalties); rows as in `sample`."""
