@@ -32,7 +32,6 @@ import argparse
 import asyncio
 import json
 import os
-import re
 import socket
 import subprocess
 import sys
@@ -42,6 +41,7 @@ import time
 from pathlib import Path
 
 import httpx
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -104,9 +104,10 @@ def train_run(tmp: Path, minutes: float, size: str = "10m", device: str = "cpu")
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         sys.exit(f"fornalha pipeline failed:\n{proc.stderr[-3000:]}")
-    found = re.search(r"model: ([\d.]+M) parameters \(.*?vocab (\d+)\)", proc.stdout)
-    if found:  # a BPE vocabulary stops where the corpus runs out of merges (~21k for 32,768 asked)
-        what = f"{what[:-1]}, {found[1]} parameters, BPE {found[2]})"
+    params = json.loads((out / "summary.json").read_text())["parameters"]
+    # a BPE vocabulary stops where the corpus runs out of merges (~21k of the 32,768 gpt2-124m asks for)
+    vocab = yaml.safe_load((out / "config.yaml").read_text())["model"]["vocab_size"]
+    what = f"{what[:-1]}, {params / 1e6:.1f}M parameters, BPE {vocab})"
     return out, f"{what} trained {minutes} min on TinyShakespeare"
 
 
