@@ -6,7 +6,9 @@
     .venv/bin/python benchmarks/serve_load.py --run runs/demo # a trained run instead of random weights
 
 Every client loops: one streamed chat completion (``stream_options.include_usage``, so the token
-count is the server's exact ``usage.completion_tokens``), then the next, for `--requests` rounds.
+count is the server's exact ``usage.completion_tokens``), then the next, for `--requests` rounds —
+more when a level would otherwise run fewer than `--min-requests` in all (one client: 24 in a row, so
+its figure is not 0.5 s of measurement, whose run-to-run spread was ±8 %).
 Per level: aggregate output tokens/s (all completion tokens / wall time), p50/p99 time to first
 token, p50/p99 inter-token latency (gaps between content chunks), errors (non-200, broken
 streams) and the server's peak memory with its child processes, as summed RSS and as PSS (pages
@@ -94,7 +96,7 @@ def train_run(tmp: Path, minutes: float, size: str = "10m", device: str = "cpu")
     if size == "10m":
         preset = "tiny"
         sets = [a for k, v in SHAPES["10m"].items() for a in ("--set", f"model.{k}={v}")]
-        what = "10M (6x384, BPE 2048)"
+        what = "10M (6x384)"
     else:
         preset, sets, what = "gpt2-124m", [], "gpt2-124m preset (12x768)"
     cmd = [sys.executable, "-m", "fornalha.cli", "pipeline", "--preset", preset, "--source",
@@ -203,6 +205,8 @@ def pct(xs: list[float], q: float) -> float | None:
 
 
 def load_level(url: str, model: str, clients: int, args, pid: int) -> dict:
+    rounds = max(args.requests, -(-args.min_requests // clients))  # per client
+    args = argparse.Namespace(**{**vars(args), "requests": rounds})
     out = {"tokens": 0, "errors": 0, "ttft": [], "itl": []}
     peak = [rss_kib(pid), pss_kib(pid)]
     stop = threading.Event()
@@ -229,7 +233,7 @@ def load_level(url: str, model: str, clients: int, args, pid: int) -> dict:
     wall = asyncio.run(main())
     stop.set()
     t.join()
-    return {"clients": clients, "tok_s": out["tokens"] / wall, "tokens": out["tokens"], "wall_s": wall,
+    return {"clients": clients, "requests": clients * rounds, "tok_s": out["tokens"] / wall, "tokens": out["tokens"], "wall_s": wall,
             "ttft_p50_ms": pct(out["ttft"], 50), "ttft_p99_ms": pct(out["ttft"], 99),
             "itl_p50_ms": pct(out["itl"], 50), "itl_p99_ms": pct(out["itl"], 99), "errors": out["errors"],
             "peak_rss_mb": peak[0] / 1024, "peak_pss_mb": peak[1] / 1024}  # fmt: skip
@@ -237,7 +241,7 @@ def load_level(url: str, model: str, clients: int, args, pid: int) -> dict:
 
 def run_levels(name: str, url: str, model: str, levels: list[int], args, pid: int) -> dict[int, dict]:
     load_level(
-        url, model, 1, argparse.Namespace(**{**vars(args), "requests": 1}), pid
+        url, model, 1, argparse.Namespace(**{**vars(args), "requests": 1, "min_requests": 1}), pid
     )  # warm-up, not counted
     res = {}
     for n in levels:
@@ -259,6 +263,9 @@ def main() -> None:
     ap.add_argument("--natural-length", action="store_true", help="answers may stop at the end token")
     ap.add_argument("--clients", type=int, nargs="+", default=None)
     ap.add_argument("--requests", type=int, default=None, help="requests per client (default 6; quick 1)")
+    ap.add_argument(
+        "--min-requests", type=int, default=None, help="requests per level at least (default 24; quick 1)"
+    )
     ap.add_argument("--max-tokens", type=int, default=None, help="tokens per answer (default 64; quick 8)")
     ap.add_argument("--max-batch", type=int, default=16)
     ap.add_argument("--device", default="cpu")
@@ -267,6 +274,7 @@ def main() -> None:
     args = ap.parse_args()
     levels = args.clients or ([1, 4] if args.quick else [1, 4, 16, 64])
     args.requests = args.requests or (1 if args.quick else 6)
+    args.min_requests = args.min_requests or (1 if args.quick else 24)
     args.max_tokens = args.max_tokens or (8 if args.quick else 64)
 
     tmp = Path(tempfile.mkdtemp(prefix="serve-load-"))
@@ -277,6 +285,7 @@ def main() -> None:
     else:
         run, model = train_run(tmp, args.train_minutes, args.size, args.device)
     result: dict = {"levels": levels, "max_tokens": args.max_tokens, "requests_per_client": args.requests,
+                    "min_requests_per_level": args.min_requests,
                     "model": model, "device": args.device, "max_batch": args.max_batch,
                     "answers": "natural length" if args.natural_length else "fixed length (ignore_eos)"}  # fmt: skip
 
