@@ -282,3 +282,30 @@ def test_compiled_decode_step_matches_eager(model, tok):
     compiled = Engine(model, tok, max_batch_size=2, compile=True).generate(PROMPTS[:2], params)
     for a, b in zip(eager, compiled):
         assert a.completions[0].token_ids == b.completions[0].token_ids
+
+
+def test_step_admits_first_and_hands_first_tokens_over_early(model, tok):
+    """A request admitted while another runs gets its first token (prefill) and its second (the
+    decode of the same step) in one step; `on_prefill` receives the first tokens before the decode
+    runs, and they are not repeated in the returned events."""
+    engine = Engine(model, tok, max_batch_size=2)
+    params = GREEDY.with_(max_new_tokens=6, ignore_eos=True)
+    a = engine.add_request(PROMPTS[0], params)
+    engine.step()
+    b = engine.add_request(PROMPTS[1], params)
+    early: list = []
+    decoded_before = {"n": 0}
+
+    def on_prefill(events):
+        decoded_before["n"] = len(engine._slots[0].out_ids)  # a's tokens when b's first one is out
+        early.extend(events)
+
+    events = engine.step(on_prefill)
+    assert [(e.request_id, len(early)) for e in early] == [(b, 1)]
+    assert decoded_before["n"] == 2  # a had not decoded in this step yet
+    assert sorted(e.request_id for e in events) == [a, b]  # the decode: one token each
+    while engine.has_unfinished():
+        engine.step()
+    alone = Engine(model, tok, max_batch_size=1).generate([PROMPTS[1]], params)[0].completions[0]
+    assert engine.pop_result(b).token_ids == alone.token_ids
+    assert len(engine.pop_result(a).token_ids) == 6

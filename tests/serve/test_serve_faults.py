@@ -162,11 +162,11 @@ def test_a_failed_engine_thread_answers_503_at_once(run_dir, monkeypatch):
     steps = {"n": 0}
     real_step = engine.step
 
-    def failing_step():
+    def failing_step(on_prefill=None):
         steps["n"] += 1
         if steps["n"] == 3:
             raise RuntimeError("simulated engine failure")
-        return real_step()
+        return real_step(on_prefill)
 
     monkeypatch.setattr(engine, "step", failing_step)
     app = create_app(engine, load_tokenizer(run_dir), model_name="tiny")

@@ -419,14 +419,18 @@ class Engine:
 
     # ---- one scheduler step -------------------------------------------------------------------
     @torch.inference_mode()
-    def step(self) -> list[Event]:
+    def step(self, on_prefill: Callable[[list[Event]], None] | None = None) -> list[Event]:
         """Admit waiting requests into free slots (prefill), then advance every running sequence
-        by one token (decode). Returns this step's events."""
+        by one token (decode), the new ones included. Returns this step's events.
+
+        Admission comes first: a request that arrived during the last step gets its first token
+        (prefill) and its second (decode) in this one, instead of waiting for this step's decode
+        of the others before its prefill. Slots freed by this step's decode take new requests at
+        the start of the next step. `on_prefill`: called with the prefill's events (the first
+        tokens) as soon as they exist, before the decode — a server sends them on at once, a whole
+        decode step sooner; they are then not in the returned list."""
         events: list[Event] = []
-        running = [s for s in self._slots if s is not None]
-        if running:
-            self._decode(running, events)
-        admitted: list[_Sequence] = []  # after the decode, so slots freed by it are reused at once
+        admitted: list[_Sequence] = []
         while self._waiting and None in self._slots:
             seq = self._waiting.popleft()
             slot = self._place(seq)
@@ -437,6 +441,12 @@ class Engine:
             admitted.append(seq)
         if admitted:
             self._prefill(admitted, events)
+            if on_prefill is not None and events:
+                on_prefill(events)
+                events = []
+        running = [s for s in self._slots if s is not None]
+        if running:
+            self._decode(running, events)
         return events
 
     def _slot_tokens(self, slot: int) -> list[int]:

@@ -114,10 +114,17 @@ class Requests:
             self.engine.abort(rid)
             self.engine.discard(rid)
 
-    def step(self) -> list[tuple[int, Event]]:
-        """One engine step; its events as (key, event)."""
+    def step(
+        self, on_prefill: Callable[[list[tuple[int, Event]]], None] | None = None
+    ) -> list[tuple[int, Event]]:
+        """One engine step; its events as (key, event). `on_prefill` gets the first tokens of the
+        requests admitted in this step before the decode runs (see `Engine.step`)."""
+        early = None if on_prefill is None else lambda events: on_prefill(self._keyed(events))
+        return self._keyed(self.engine.step(early))
+
+    def _keyed(self, events: list[Event]) -> list[tuple[int, Event]]:
         out = []
-        for ev in self.engine.step():
+        for ev in events:
             key = self._key_of.get(ev.request_id)
             if ev.finished:
                 self.engine.discard(ev.request_id)
@@ -211,7 +218,7 @@ class AsyncEngine:
                         except Exception as exc:
                             fut.set_exception(exc)
                 if eng.has_unfinished():
-                    hand_over(handles, requests.step())
+                    hand_over(handles, requests.step(lambda first: hand_over(handles, first)))
                     if self.on_step is not None:
                         self.on_step(eng)
                 else:

@@ -80,6 +80,11 @@ def _child_main(recipe: Callable[[], Engine], threads: int | None, conn: Connect
     conn.send(("ready", engine.max_batch_size))
     requests = Requests(engine)
     last = (0, 0, 0)  # the gauges last sent
+
+    def send_first(first: list) -> None:
+        """The admitted requests' first tokens, sent before the decode step, not after it."""
+        conn.send(("events", first, (engine.num_waiting, engine.num_running, engine.prefix_hit_tokens)))
+
     try:
         while True:
             wait: float | None = 0.0 if engine.has_unfinished() else None  # idle: sleep until a command
@@ -98,7 +103,7 @@ def _child_main(recipe: Callable[[], Engine], threads: int | None, conn: Connect
                     requests.abort(cmd[1])
                 elif cmd[0] == "stop":
                     return
-            out = requests.step() if engine.has_unfinished() else []
+            out = requests.step(send_first) if engine.has_unfinished() else []
             stats = (engine.num_waiting, engine.num_running, engine.prefix_hit_tokens)
             if out or stats != last:  # (an abort that emptied the batch: the gauges say so, no step)
                 conn.send(("events", out, stats))
