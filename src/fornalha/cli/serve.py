@@ -237,6 +237,8 @@ def serve_command(
 
         app.state.extra_routers.append(build_router(rec))
 
+    from fornalha.serve.async_engine import freeze_startup_objects
+
     class Server(uvicorn.Server):
         """uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown; a drained server exits 0."""
 
@@ -253,6 +255,7 @@ def serve_command(
     shown = f"{name} version {version}" if version else name  # issue 15: the registry version served
     print(f"serving {shown} at http://{host}:{port}/v1 ({auth}; max batch {max_batch}, queue {max_queue})",
           flush=True)  # fmt: skip
+    freeze_startup_objects()  # the model and every module: out of the full collections' way
     try:
         server.run()
     except SystemExit:  # uvicorn exits when it cannot bind

@@ -48,6 +48,7 @@ from fornalha.serve.async_engine import (
     _Handle,
     engine_stopped,
     fail_all,
+    freeze_startup_objects,
     hand_over,
 )
 
@@ -77,6 +78,7 @@ def _child_main(recipe: Callable[[], Engine], threads: int | None, conn: Connect
     except BaseException as exc:  # noqa: BLE001 - reported to the server, which fails to start
         conn.send(("dead", f"{type(exc).__name__}: {exc}"))
         return
+    freeze_startup_objects()  # no full collection walks the model between two decode steps
     conn.send(("ready", engine.max_batch_size))
     requests = Requests(engine)
     last = (0, 0, 0)  # the gauges last sent
