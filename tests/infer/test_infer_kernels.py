@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from infer_helpers import decode_steps, random_model
 from test_infer_engine import GREEDY, PROMPTS
 
@@ -17,7 +18,7 @@ import fornalha.infer.engine as engine_module
 from fornalha.errors import ConfigError
 from fornalha.infer import Engine
 from fornalha.infer.decode import Decoder
-from fornalha.infer.kernels import decode_attention_kernel, decode_attention_reference
+from fornalha.infer.kernels import add_rms_norm_kernel, decode_attention_kernel, decode_attention_reference
 from fornalha.model.gpt import KVCache
 
 
@@ -267,29 +268,51 @@ def test_engine_with_fp16_cache_admits_requests_into_freed_rows(kernel, model, t
 )
 def test_fused_decode_step_matches_the_python_loop(kernel, extra):
     """`decode_attention_step` (QK-norm, rotary, the cache write and attention in one C++ call per
-    layer) gives the logits and writes the cache entries of the Python loop it replaces, rows at
+    layer), alone and with `add_rms_norm` (each residual add and the norm after it in one call),
+    gives the logits and writes the cache entries of the Python loop it replaces, rows at
     different positions, step after step."""
     model = random_model(seed=5, **extra)
     torch.manual_seed(2)
-    caches = [KVCache.allocate(model.config, 4, 32, dtype=torch.float16) for _ in range(2)]
-    fused, loop = Decoder(model, caches[0]), Decoder(model, caches[1])
-    assert fused.step_kernel is not None
+    caches = [KVCache.allocate(model.config, 4, 32, dtype=torch.float16) for _ in range(3)]
+    fused, step_only, loop = (Decoder(model, c) for c in caches)
+    assert fused.step_kernel is not None and fused.add_norm is not None
+    step_only.add_norm = None
     loop.step_kernel = None
     prompt, n_new = torch.randint(7, 263, (4, 7)), [7, 2, 5, 4]
     with torch.no_grad():
-        for dec, cache in ((fused, caches[0]), (loop, caches[1])):
+        for dec, cache in zip((fused, step_only, loop), caches):
             dec.prefill(prompt, n_new, [0, 1, 2, 3])
             cache.pos[:] = torch.tensor(n_new)
         for _ in range(5):
             tok = torch.randint(7, 263, (4,))
             pos = caches[0].pos.clone()
-            a = fused(tok, pos, 4, int(pos.max()) + 1)
-            b = loop(tok, pos, 4, int(pos.max()) + 1)
-            # float rounding only (the norms sum in another order; a key may round to the
-            # neighbouring float16): logits of magnitude ~10 agree to ~1e-5
-            torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
-            assert torch.equal(a.argmax(-1), b.argmax(-1))
+            want = loop(tok, pos, 4, int(pos.max()) + 1)
+            for dec in (fused, step_only):
+                got = dec(tok, pos, 4, int(pos.max()) + 1)
+                # float rounding only (the norms sum in another order; a key may round to the
+                # neighbouring float16): logits of magnitude ~10 agree to ~1e-5
+                torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+                assert torch.equal(got.argmax(-1), want.argmax(-1))
             for c in caches:
                 c.pos += 1
-        torch.testing.assert_close(caches[0].k.float(), caches[1].k.float(), atol=2e-3, rtol=1e-3)
-        torch.testing.assert_close(caches[0].v.float(), caches[1].v.float(), atol=2e-3, rtol=1e-3)
+        for c in caches[:2]:
+            torch.testing.assert_close(c.k.float(), caches[2].k.float(), atol=2e-3, rtol=1e-3)
+            torch.testing.assert_close(c.v.float(), caches[2].v.float(), atol=2e-3, rtol=1e-3)
+
+
+def test_add_rms_norm_kernel():
+    """x += delta in place, then RMSNorm(x) · w, as PyTorch computes it; an empty delta only normalizes."""
+    add_norm = add_rms_norm_kernel()
+    assert add_norm is not None
+    torch.manual_seed(0)
+    x, delta, w = torch.randn(5, 48), torch.randn(5, 48), torch.rand(48) + 0.5
+    want_x = x + delta
+    want = F.rms_norm(want_x, (48,), w, 1e-5)
+    got = add_norm(x, delta, w, 1e-5)
+    torch.testing.assert_close(x, want_x)
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+    before = x.clone()
+    torch.testing.assert_close(add_norm(x, torch.empty(0), w, 1e-5), F.rms_norm(x, (48,), w, 1e-5))
+    assert torch.equal(x, before)
+    with pytest.raises(RuntimeError, match="delta must match x"):
+        add_norm(x, torch.randn(5, 47), w, 1e-5)

@@ -50,7 +50,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from fornalha.infer.kernels import MAX_HEAD_DIM, decode_attention_kernel, decode_step_kernel
+from fornalha.infer.kernels import (
+    MAX_HEAD_DIM,
+    add_rms_norm_kernel,
+    decode_attention_kernel,
+    decode_step_kernel,
+)
 from fornalha.infer.quantize import Int8Linear, int8pack_linear, pack_linear
 from fornalha.model.gpt import GPT, MLP, KVCache, RMSNorm, softcap
 
@@ -205,11 +210,18 @@ class Decoder:
         # cache's kernel, a float32 model and plain (or no) QK-norm, one call per layer does what
         # the loop of `__call__` does from the qkv projection to attention. The loop stays the
         # readable reference; the tests hold the two together.
-        self.step_kernel = None
+        self.step_kernel = self.add_norm = None
         self.qk_weights = [_plain_qk_norm(b.attn) for b in m.blocks]
         plain = all(qk is not None for qk in self.qk_weights)
         if self.kernel is not None and dtype == torch.float32 and self.D % 2 == 0 and plain:
             self.step_kernel = decode_step_kernel()
+            # ... and with plain RMSNorms, each residual add and the norm after it in one call too
+            # (`_kernel_step`): the norms in order, attention and MLP of each layer, then the final one
+            norms = [n for b in m.blocks for n in (b.attn_norm, b.mlp_norm)] + [m.norm_f]
+            if all(type(n) is RMSNorm for n in norms):
+                self.add_norm = add_rms_norm_kernel()
+                self.norm_params = [(n.weight.detach().float().contiguous(), float(n.eps)) for n in norms]
+                self.no_delta = torch.empty(0)
         # Prefill multiplies many rows at once: a matrix-matrix product, bound by arithmetic. Which
         # is faster there, the model's own weights through BLAS or the packed copies, depends on the
         # CPU and its BLAS: fbgemm's fp16 kernel was ~4x slower than MKL on the Intel CPU this was
@@ -350,6 +362,8 @@ class Decoder:
         B, H, Hkv, G, D = n_rows, self.H, self.Hkv, self.G, self.D
         tokens, pos = tokens[:B], pos[:B]
         x = self.model.wte(tokens)  # [B, C]
+        if self.step_kernel is not None and self.add_norm is not None:
+            return self._kernel_step(x, pos, B)
         if self.step_kernel is not None:  # the loop below, from qkv to attention, in one C++ call
             for layer, (attn_norm, qkv, _, o_proj, mlp_norm, mlp) in enumerate(self.layers):
                 h = qkv(attn_norm(x)).view(B, H + 2 * Hkv, D)
@@ -401,6 +415,23 @@ class Decoder:
             x = x + mlp(mlp_norm(x))
 
         return softcap(self.lm_head(self.norm_f(x)), self.config.logit_softcap).float()
+
+    def _kernel_step(self, x: torch.Tensor, pos: torch.Tensor, B: int) -> torch.Tensor:
+        """`__call__` on the C++ kernels (a float32 model, the float16 cache, plain RMSNorms): per
+        layer the qkv projection, `decode_attention_step` (QK-norm, rotary, cache write, attention),
+        the output projection and the MLP, with each residual add and the RMSNorm after it in one
+        `add_rms_norm` call — x is the residual stream, n what the next projection reads."""
+        H, Hkv, D = self.H, self.Hkv, self.D
+        add_norm, norms = self.add_norm, self.norm_params
+        n = add_norm(x, self.no_delta, *norms[0])  # the first layer's attention norm
+        for layer, (_, qkv, _, o_proj, _, mlp) in enumerate(self.layers):
+            h = qkv(n).view(B, H + 2 * Hkv, D)
+            qw, kw, eps = self.qk_weights[layer]
+            kc, vc = self.cache.k[layer], self.cache.v[layer]
+            y = self.step_kernel(h, qw, kw, eps, self.cos_table, self.sin_table, pos, kc, vc, self.scale)
+            n = add_norm(x, o_proj(y.view(B, H * D)), *norms[2 * layer + 1])  # x += attention; MLP norm
+            n = add_norm(x, mlp(n), *norms[2 * layer + 2])  # x += MLP; the next (or final) norm
+        return softcap(self.lm_head(n), self.config.logit_softcap).float()
 
 
 def static_decode_fn(decoder: Decoder) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:

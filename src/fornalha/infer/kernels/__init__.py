@@ -1,8 +1,9 @@
 """Hand-written CPU kernels for the decode step, built on first use, with a plain-PyTorch reference.
 
-Two entry points in one C++ file (`decode_attention.cpp`): `decode_attention_step`, a decode step's
+Three entry points in one C++ file (`decode_attention.cpp`): `decode_attention_step`, a decode step's
 QK-norm, rotary, cache write and attention in one call per layer (`decode_step_kernel()`; it ends in
-the next one), and **decode attention over a float16 KV cache** (`decode_attention_kernel()`). At decode
+the next one), `add_rms_norm`, its residual add and next RMSNorm in one call (`add_rms_norm_kernel()`),
+and **decode attention over a float16 KV cache** (`decode_attention_kernel()`). At decode
 time every row reads its whole cache — the keys and values of all its earlier tokens — to do a
 few multiply-adds per byte, so attention runs at the speed of memory. A float16 cache is half the
 bytes of a float32 one (and half the RAM), but PyTorch's CPU attention has no fast float16 path:
@@ -131,6 +132,15 @@ def decode_step_kernel() -> Callable[..., torch.Tensor] | None:
     if decode_attention_kernel() is None:
         return None
     return _built_kernel().decode_attention_step
+
+
+def add_rms_norm_kernel() -> Callable[..., torch.Tensor] | None:
+    """The compiled `add_rms_norm(x, delta, w, eps)`: x += delta in place (delta may be empty), then
+    RMSNorm(x) · w — a decode step's residual add and next norm in one call (see the C++ file), or
+    None where `decode_attention_kernel()` is None."""
+    if decode_attention_kernel() is None:
+        return None
+    return _built_kernel().add_rms_norm
 
 
 @functools.cache
