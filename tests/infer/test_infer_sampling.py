@@ -14,6 +14,7 @@ from fornalha.infer.sampling import (
     apply_penalties,
     filter_logits,
     sample_logits,
+    sort_descending,
 )
 
 # probabilities 0.5, 0.25, 0.15, 0.07, 0.03 for tokens 3, 0, 4, 1, 2
@@ -140,3 +141,17 @@ def test_rows_with_and_without_filters_draw_alike_in_any_company():
     toks = sample_logits(LOGITS.expand(n, -1), torch.ones(n), u)
     freq = torch.bincount(toks, minlength=5).float() / n
     assert torch.allclose(freq, PROBS, atol=0.015), freq
+
+
+def test_sort_descending_matches_torch_sort():
+    """The NumPy sort the CPU path uses gives torch.sort's order (no ties in random floats), row by
+    row the same alone as in a batch, and keeps -inf (a masked token) last."""
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(5, 300, generator=g)
+    logits[1, ::7] = float("-inf")
+    values, ids = sort_descending(logits)
+    want_values, want_ids = logits.sort(dim=-1, descending=True)
+    assert torch.equal(values, want_values)
+    assert torch.equal(ids[[0, 2, 3, 4]], want_ids[[0, 2, 3, 4]])  # row 1's -inf ties may differ
+    assert torch.equal(logits.gather(-1, ids), values) and ids.dtype == torch.long
+    assert torch.equal(sort_descending(logits[3:4])[1][0], ids[3])
