@@ -60,6 +60,25 @@ def test_prefix_cache_reuses_and_matches(loaded):
     assert [eng.pop_result(i).text for i in ids] == [want[2], want[1], alone]
 
 
+def test_a_lone_request_after_a_burst_takes_the_lowest_slot(loaded):
+    """After four requests filled the slots, a fifth with the same system prompt runs alone: it
+    takes slot 0 (the decode step computes rows 0..highest busy slot, so slot 3 would cost four rows
+    a step) and still reuses the prefix cached in another slot, with the tokens it gets alone."""
+    greedy = SamplingParams(max_new_tokens=6, temperature=0)
+    eng = make(loaded)
+    eng.generate([SYSTEM + "a", "zz", "yy", SYSTEM + "bcd"], greedy)  # slot 3 holds SYSTEM + "bcd"…
+    eng._held[0] = []  # (slot 0's own copy of the prefix forgotten: only slot 3 holds it)
+    hits = eng.prefix_hit_tokens
+    rid = eng.add_request(SYSTEM + "bc", greedy)
+    eng.step()
+    assert eng._slots[0] is not None and eng._slots[0].id == rid
+    assert eng.prefix_hit_tokens - hits >= len(SYSTEM)
+    while eng.has_unfinished():
+        eng.step()
+    alone = make(loaded, prefix_caching=False).generate([SYSTEM + "bc"], greedy)[0].text
+    assert eng.pop_result(rid).text == alone
+
+
 def test_continuous_batching_same_tokens_and_late_short_first(loaded):
     plain = make(loaded, prefix_caching=False)
     reqs = [

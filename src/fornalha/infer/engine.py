@@ -462,9 +462,12 @@ class Engine:
         """Pick a free slot for `seq`; with prefix caching, set up the longest cached prefix in it.
 
         The best source is any slot whose cached tokens start like the prompt (at most all but its
-        last token: the last one must run through the model to give the first logits). A free
-        source slot is used as it is; a running one has its prefix positions copied (they never
-        change while it runs: it only writes further on)."""
+        last token: the last one must run through the model to give the first logits). The request
+        always takes the lowest free slot, as without prefix caching: the decode step runs rows
+        0..(highest busy slot), so one request in slot 12 after a burst would make every step
+        compute 13 rows. A source that is that slot is used as it is; any other (free or running)
+        has its prefix positions copied into it — a copy of a few kilobytes per token, against
+        recomputing them (a running source's prefix never changes: it only writes further on)."""
         free = [i for i, s in enumerate(self._slots) if s is None]
         if not self.prefix_caching:
             return free[0]
@@ -475,15 +478,15 @@ class Engine:
             n, limit = 0, min(len(have), len(want))
             while n < limit and have[n] == want[n]:
                 n += 1
-            if n > best_len or (n == best_len and n > 0 and slot in free and best not in free):
+            if n > best_len or (n == best_len and n > 0 and slot == free[0]):  # a tie: no copy
                 best, best_len = slot, n
         if best_len < self.prefix_min_tokens:
             return free[0]
         seq.cached_prefix = best_len
         self.prefix_hit_tokens += best_len
-        if best in free:
-            return best
         dst = free[0]
+        if best == dst:
+            return dst
         self.cache.k[:, dst, :, :best_len] = self.cache.k[:, best, :, :best_len]
         self.cache.v[:, dst, :, :best_len] = self.cache.v[:, best, :, :best_len]
         return dst
