@@ -192,14 +192,15 @@ class Decoder:
         cos, sin = m.rope_cos.to(dtype), m.rope_sin.to(dtype)
         self.cos_table, self.sin_table = full_width_rotary(cos, sin)
         w = self.weights
+        self.qk_weights = [_plain_qk_norm(b.attn) for b in m.blocks]
         self.layers = []
-        for blk in m.blocks:
+        for blk, plain_qk in zip(m.blocks, self.qk_weights, strict=True):
             a = blk.attn
             self.layers.append(
                 (
                     _fast_call(blk.attn_norm),
                     _fast_call(a.qkv, w),
-                    self._qk_norm(a),
+                    self._qk_norm(a, plain_qk),
                     _fast_call(a.o_proj, w),
                     _fast_call(blk.mlp_norm),
                     _fast_mlp(blk.mlp, w),
@@ -211,7 +212,6 @@ class Decoder:
         # the loop of `__call__` does from the qkv projection to attention. The loop stays the
         # readable reference; the tests hold the two together.
         self.step_kernel = self.add_norm = None
-        self.qk_weights = [_plain_qk_norm(b.attn) for b in m.blocks]
         plain = all(qk is not None for qk in self.qk_weights)
         if self.kernel is not None and dtype == torch.float32 and self.D % 2 == 0 and plain:
             self.step_kernel = decode_step_kernel()
@@ -241,16 +241,17 @@ class Decoder:
             ]  # fmt: skip
             self.prefill_head = _fast_call(m.lm_head)
 
-    def _qk_norm(self, attn: nn.Module) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    def _qk_norm(
+        self, attn: nn.Module, plain: tuple[torch.Tensor, torch.Tensor, float] | None
+    ) -> Callable[[torch.Tensor], torch.Tensor] | None:
         """QK-norm of the H query heads and Hkv key heads of a step ([B, H + Hkv, D]) as one
         normalisation and one multiply by the two weights stacked per head (instead of two norms
         and a concatenation). None when the model has no QK-norm; the module as it is when it
-        is not a plain RMSNorm."""
+        is not a plain RMSNorm (`plain`: `_plain_qk_norm(attn)`)."""
         qn, kn = attn.q_norm, attn.k_norm
         if qn is None:
             return None
         H, Hkv, D = self.H, self.Hkv, self.D
-        plain = _plain_qk_norm(attn)
         if plain is None:
             return lambda qk: torch.cat((qn(qk[:, :H]), kn(qk[:, H:])), dim=1)
         eps = plain[2]

@@ -260,11 +260,12 @@ class Engine:
                 static_decode_fn(self.decoder), dynamic=False, fullgraph=True, mode=mode
             )
         self.graphs: DecodeGraphs | None = None
-        if cuda_graphs and (self.device.type != "cuda" or not use_cache or compile):
+        recordable = self.device.type == "cuda" and use_cache and not compile
+        if cuda_graphs and not recordable:
             raise ConfigError("cuda_graphs needs a CUDA device, the KV cache, and no compile")
         if cuda_graphs:
             self.graphs = DecodeGraphs(self.decoder)
-        elif cuda_graphs is None and self.device.type == "cuda" and use_cache and not compile:
+        elif cuda_graphs is None and recordable:
             try:  # the default: a GPU whose driver or setup cannot record falls back to the eager step
                 self.graphs = DecodeGraphs(self.decoder)
             except RuntimeError as exc:

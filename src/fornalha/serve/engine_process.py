@@ -83,9 +83,12 @@ def _child_main(recipe: Callable[[], Engine], threads: int | None, conn: Connect
     requests = Requests(engine)
     last = (0, 0, 0)  # the gauges last sent
 
+    def gauges() -> tuple[int, int, int]:
+        return engine.num_waiting, engine.num_running, engine.prefix_hit_tokens
+
     def send_first(first: list) -> None:
         """The admitted requests' first tokens, sent before the decode step, not after it."""
-        conn.send(("events", first, (engine.num_waiting, engine.num_running, engine.prefix_hit_tokens)))
+        conn.send(("events", first, gauges()))
 
     try:
         while True:
@@ -106,7 +109,7 @@ def _child_main(recipe: Callable[[], Engine], threads: int | None, conn: Connect
                 elif cmd[0] == "stop":
                     return
             out = requests.step(send_first) if engine.has_unfinished() else []
-            stats = (engine.num_waiting, engine.num_running, engine.prefix_hit_tokens)
+            stats = gauges()
             if out or stats != last:  # (an abort that emptied the batch: the gauges say so, no step)
                 conn.send(("events", out, stats))
                 last = stats

@@ -129,18 +129,21 @@ def decode_step_kernel() -> Callable[..., torch.Tensor] | None:
     """The compiled `decode_attention_step(h, qw, kw, eps, cos, sin, pos, k, v, scale)`: a decode
     step's QK-norm, rotary, float16 cache write and attention in one call (see the C++ file), or
     None where `decode_attention_kernel()` is None."""
-    if decode_attention_kernel() is None:
-        return None
-    return _built_kernel().decode_attention_step
+    return _entry_point("decode_attention_step")
 
 
 def add_rms_norm_kernel() -> Callable[..., torch.Tensor] | None:
     """The compiled `add_rms_norm(x, delta, w, eps)`: x += delta in place (delta may be empty), then
     RMSNorm(x) · w — a decode step's residual add and next norm in one call (see the C++ file), or
     None where `decode_attention_kernel()` is None."""
+    return _entry_point("add_rms_norm")
+
+
+def _entry_point(name: str) -> Callable[..., torch.Tensor] | None:
+    """The built module's function `name`, or None where the kernel is off or cannot be built."""
     if decode_attention_kernel() is None:
         return None
-    return _built_kernel().add_rms_norm
+    return getattr(_built_kernel(), name)
 
 
 @functools.cache
@@ -199,4 +202,10 @@ def _built_kernel() -> Any:
     return module
 
 
-__all__ = ["MAX_HEAD_DIM", "decode_attention_kernel", "decode_attention_reference", "decode_step_kernel"]
+__all__ = [
+    "MAX_HEAD_DIM",
+    "add_rms_norm_kernel",
+    "decode_attention_kernel",
+    "decode_attention_reference",
+    "decode_step_kernel",
+]
